@@ -1,0 +1,4 @@
+//! sea-orm entities: one module per table, shaped as `sea-orm-cli generate entity` writes them.
+
+pub mod api_keys;
+pub mod users;

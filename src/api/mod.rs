@@ -1,0 +1,51 @@
+//! The HTTP API: the OpenAPI service (spec, routing, docs) and what every request passes through.
+
+pub mod edge;
+pub mod payload;
+pub mod problem;
+pub mod users;
+
+use poem_openapi::{LicenseObject, OpenApiService, Tags};
+
+pub use users::UsersApi;
+
+/// Where the versioned API lives.
+pub const API_PREFIX: &str = "/api/v1";
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Create, read, update and delete users.
+    Users,
+}
+
+const DESCRIPTION: &str = "\
+A versioned REST API for a *users* resource.
+
+**Authentication.** Every `/api/v1/users` operation needs an API key sent as \
+`Authorization: Bearer uak_…`. Keys carry scopes: `users:read` for reads, `users:write` for \
+writes, `admin` for everything. On first start the server prints an admin key once; create more \
+with `users-api keys create --name NAME --scope SCOPE`. In this page, use **Authorize**.
+
+**Errors.** Every 4xx and 5xx response is an RFC 9457 problem (`application/problem+json`) with \
+`type`, `title`, `status`, `detail` and the `request_id` also sent as `X-Request-Id`; a \
+validation failure lists each invalid member under `errors`.
+
+**Pagination.** `GET /api/v1/users` returns pages in id order; follow `next_cursor`.";
+
+/// The OpenAPI service: the source of the spec, the routes and the Swagger UI.
+pub fn service() -> OpenApiService<UsersApi, ()> {
+    OpenApiService::new(UsersApi, "users-api", env!("CARGO_PKG_VERSION"))
+        .description(DESCRIPTION)
+        .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
+        .url_prefix(API_PREFIX)
+}
+
+/// The spec as `users-api openapi` prints it and `openapi/` commits it.
+pub fn spec(yaml: bool) -> String {
+    let service = service();
+    if yaml {
+        service.spec_yaml()
+    } else {
+        service.spec()
+    }
+}

@@ -1,0 +1,90 @@
+//! `JsonBody`: a JSON request payload whose schema is documented from a poem-openapi type but
+//! whose validation is ours, so every rejected field comes back in one problem with a pointer.
+
+use poem::{Request, RequestBody, error::ReadBodyError, http::header};
+use poem_openapi::{
+    impl_apirequest_for_payload,
+    payload::{ParsePayload, Payload},
+    registry::{MetaSchemaRef, Registry},
+    types::Type,
+};
+use serde_json::Value;
+
+use crate::{
+    error::{AppError, FieldError},
+    startup::AppState,
+};
+
+/// A documented request schema and the domain value a valid body becomes.
+pub trait BodySchema: Type + Send {
+    type Parsed: Send;
+    fn parse(body: &Value) -> Result<Self::Parsed, Vec<FieldError>>;
+}
+
+/// The parsed, validated body of a request whose documented schema is `S`.
+pub struct JsonBody<S: BodySchema>(pub S::Parsed);
+
+/// Used where no state is attached (unit tests of the router); the server always attaches it.
+const FALLBACK_LIMIT: usize = 64 * 1024;
+
+impl<S: BodySchema> Payload for JsonBody<S> {
+    const CONTENT_TYPE: &'static str = "application/json";
+
+    /// `application/json`, and any `+json` type such as `application/merge-patch+json`.
+    fn check_content_type(content_type: &str) -> bool {
+        content_type.parse::<mime::Mime>().is_ok_and(|mime| {
+            mime.type_() == mime::APPLICATION
+                && (mime.subtype() == mime::JSON || mime.suffix() == Some(mime::JSON))
+        })
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        S::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        S::register(registry);
+    }
+}
+
+impl<S: BodySchema> ParsePayload for JsonBody<S> {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
+        let limit = request
+            .data::<AppState>()
+            .map_or(FALLBACK_LIMIT, |state| state.max_body_bytes);
+        let too_large = AppError::PayloadTooLarge { limit };
+        // A declared length over the limit is refused before a byte is read.
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large.into());
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(limit)
+            .await
+            .map_err(|err| match err {
+                ReadBodyError::PayloadTooLarge => too_large,
+                other => AppError::BadRequest(format!("could not read the request body: {other}")),
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(AppError::BadRequest(
+                "the request body is empty; send a JSON object".into(),
+            )
+            .into());
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
+            AppError::BadRequest(format!("the request body is not valid JSON: {err}"))
+        })?;
+        S::parse(&value)
+            .map(Self)
+            .map_err(|errors| AppError::Validation(errors).into())
+    }
+}
+
+impl_apirequest_for_payload!(JsonBody<S>, S: BodySchema);

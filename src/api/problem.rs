@@ -1,0 +1,288 @@
+//! RFC 9457 problem details: the one shape of every 4xx/5xx body, and its place in the spec.
+
+use std::marker::PhantomData;
+
+use poem::{
+    Response,
+    error::{MethodNotAllowedError, NotFoundError, ResponseError},
+    http::{HeaderValue, StatusCode, header},
+};
+use poem_openapi::{
+    ApiResponse, Object,
+    error::{AuthorizationError, ContentTypeError, ParsePathError},
+    registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
+    types::{Example, ToJSON, Type},
+};
+
+use crate::error::{AppError, FieldError};
+
+/// The media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem detail. `type` identifies the kind of problem, `title` summarises it,
+/// `detail` explains this occurrence; `request_id` matches the `X-Request-Id` response header
+/// and the server's log line; `errors` lists each invalid field of a rejected body.
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct Problem {
+    /// A URI reference identifying the problem kind, e.g. `urn:users-api:problem:validation-error`.
+    #[oai(rename = "type")]
+    pub problem_type: String,
+    /// A short, human-readable summary of the problem kind.
+    pub title: String,
+    /// The HTTP status code of this response.
+    pub status: u16,
+    /// What went wrong in this request, in words meant for the developer calling the API.
+    pub detail: String,
+    /// The id of the request, for correlating with server logs.
+    #[oai(skip_serializing_if_is_none)]
+    pub request_id: Option<String>,
+    /// Present on validation failures: one entry per invalid member of the body.
+    #[oai(skip_serializing_if_is_none)]
+    pub errors: Option<Vec<ProblemFieldError>>,
+}
+
+/// One invalid member of a request body.
+#[derive(Debug, Clone, Object)]
+#[oai(rename = "FieldError")]
+pub struct ProblemFieldError {
+    /// JSON Pointer (RFC 6901) to the member, e.g. `/email`; empty for the body as a whole.
+    pub pointer: String,
+    /// Why the value was rejected.
+    pub message: String,
+}
+
+impl Example for Problem {
+    fn example() -> Self {
+        Problem {
+            problem_type: "urn:users-api:problem:validation-error".into(),
+            title: "Unprocessable Content".into(),
+            status: 422,
+            detail: "the request body failed validation".into(),
+            request_id: Some("5f0c6f5e-4f7a-4d0e-9d6b-0c2f4b1f9a77".into()),
+            errors: Some(vec![ProblemFieldError {
+                pointer: "/email".into(),
+                message: "is not a valid email address (Missing separator character '@'.)".into(),
+            }]),
+        }
+    }
+}
+
+impl From<&FieldError> for ProblemFieldError {
+    fn from(err: &FieldError) -> Self {
+        Self {
+            pointer: err.pointer.clone(),
+            message: err.message.clone(),
+        }
+    }
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:users-api:problem:{kind}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            request_id: None,
+            errors: None,
+        }
+    }
+
+    pub fn from_app_error(err: &AppError) -> Self {
+        let status = err.status();
+        let detail = match err {
+            // The cause stays in the log; the client learns only that it was not its fault.
+            AppError::Database(_) => INTERNAL_DETAIL.to_owned(),
+            other => other.to_string(),
+        };
+        let mut problem = Self::new(status, err.kind(), detail);
+        if let AppError::Validation(errors) = err {
+            problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
+        }
+        problem
+    }
+
+    /// Maps any error that reached the edge, the framework's own included, to a problem.
+    pub fn from_error(err: &poem::Error) -> Self {
+        if let Some(app) = err.downcast_ref::<AppError>() {
+            return Self::from_app_error(app);
+        }
+        let status = err.status();
+        if status.is_server_error() {
+            return Self::new(status, "internal-error", INTERNAL_DETAIL);
+        }
+        let (kind, detail) = if err.is::<NotFoundError>() {
+            ("not-found", "no resource exists at this path".to_owned())
+        } else if err.is::<MethodNotAllowedError>() {
+            (
+                "method-not-allowed",
+                "this path does not support the request method".to_owned(),
+            )
+        } else if err.is::<AuthorizationError>() {
+            (
+                "unauthorized",
+                "this operation needs an API key: send `Authorization: Bearer <key>`".to_owned(),
+            )
+        } else if let Some(path_error) = err.downcast_ref::<ParsePathError>() {
+            // The framework names path parameters by position; the reason is what helps.
+            (
+                "bad-request",
+                format!("invalid path parameter: {}", path_error.reason),
+            )
+        } else if let Some(content_type) = err.downcast_ref::<ContentTypeError>() {
+            (
+                "unsupported-media-type",
+                format!("{content_type}; send `Content-Type: application/json`"),
+            )
+        } else {
+            // The framework's parse errors name the parameter and the reason; that is the
+            // detail a client needs, and it carries no server internals.
+            ("bad-request", err.to_string())
+        };
+        Self::new(status, kind, detail)
+    }
+
+    pub fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = self.to_json().map(|v| v.to_string()).unwrap_or_default();
+        let mut response = Response::builder()
+            .status(status)
+            .content_type(PROBLEM_JSON)
+            .body(body);
+        let headers = response.headers_mut();
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was never read, so the connection cannot carry another
+            // request; saying so keeps clients from reusing it and failing their next call.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+pub const INTERNAL_DETAIL: &str =
+    "the server failed to handle this request; quote the request id when reporting it";
+
+/// A set of error statuses an operation can answer with, documented with the problem schema.
+pub trait ErrorStatuses: Send + Sync + 'static {
+    const STATUSES: &'static [u16];
+}
+
+/// The error half of an operation's result: an [`AppError`] plus, in the type, the statuses the
+/// spec documents for that operation.
+pub struct Failure<S>(AppError, PhantomData<S>);
+
+/// What every handler returns.
+pub type ApiResult<T, S> = Result<T, Failure<S>>;
+
+impl<S> From<AppError> for Failure<S> {
+    fn from(err: AppError) -> Self {
+        Self(err, PhantomData)
+    }
+}
+
+impl<S> From<Failure<S>> for poem::Error {
+    fn from(failure: Failure<S>) -> Self {
+        poem::Error::from(failure.0)
+    }
+}
+
+fn describe(status: u16) -> &'static str {
+    match status {
+        400 => {
+            "The request is malformed: unparsable JSON, a bad path or query parameter, or a cursor this API did not issue."
+        }
+        401 => {
+            "No API key, or one that is unknown or revoked. The response carries `WWW-Authenticate: Bearer`."
+        }
+        403 => "The API key is valid but lacks the scope this operation needs.",
+        404 => "No user has this id.",
+        409 => "Another user already has this email address (compared case-insensitively).",
+        413 => "The request body exceeds the configured size limit.",
+        415 => "The request body is not JSON: send `Content-Type: application/json`.",
+        422 => "The body is well-formed JSON but invalid; `errors` lists every offending member.",
+        _ => "The server failed; the body names the request id to report.",
+    }
+}
+
+impl<S: ErrorStatuses> ApiResponse for Failure<S> {
+    fn meta() -> MetaResponses {
+        let responses = S::STATUSES
+            .iter()
+            .map(|&status| MetaResponse {
+                description: describe(status),
+                status: Some(status),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: PROBLEM_JSON,
+                    schema: Problem::schema_ref(),
+                }],
+                headers: if status == 401 {
+                    vec![MetaHeader {
+                        name: "WWW-Authenticate".into(),
+                        description: Some("The authentication scheme to use: `Bearer`.".into()),
+                        required: true,
+                        deprecated: false,
+                        schema: String::schema_ref(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+            })
+            .collect();
+        MetaResponses { responses }
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+/// Declares a marker type per family of operations, naming the errors each can return.
+macro_rules! error_statuses {
+    ($($(#[$doc:meta])* $name:ident: [$($status:literal),*];)*) => {$(
+        $(#[$doc])*
+        pub struct $name;
+        impl ErrorStatuses for $name {
+            const STATUSES: &'static [u16] = &[$($status),*];
+        }
+    )*};
+}
+
+error_statuses! {
+    /// Listing: bad query parameters or cursor, auth.
+    ListErrors: [400, 401, 403, 500];
+    /// Reading or deleting one user.
+    OneUserErrors: [400, 401, 403, 404, 500];
+    /// Creating a user from a body.
+    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 500];
+    /// Replacing or updating one user from a body.
+    WriteOneErrors: [400, 401, 403, 404, 409, 413, 415, 422, 500];
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::DbErr;
+
+    use super::*;
+
+    #[test]
+    fn database_failures_reveal_nothing_of_the_cause() {
+        let err = AppError::Database(DbErr::Custom("secret table xyz is corrupt".into()));
+        let problem = Problem::from_app_error(&err);
+        assert_eq!(problem.status, 500);
+        assert_eq!(problem.detail, INTERNAL_DETAIL);
+        assert!(!problem.to_json().unwrap().to_string().contains("xyz"));
+    }
+
+    #[test]
+    fn unauthorized_problems_carry_a_bearer_challenge() {
+        let response =
+            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "no key").into_response();
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+}

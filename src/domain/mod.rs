@@ -1,0 +1,9 @@
+//! Validated domain types: once one exists, it is valid. Their `parse` functions are the edge.
+
+mod api_key;
+mod cursor;
+mod user;
+
+pub use api_key::{ApiKeySecret, Scope, ScopeSet};
+pub use cursor::Cursor;
+pub use user::{Email, NewUser, Role, UserChanges, UserName};

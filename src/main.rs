@@ -1,0 +1,47 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use users_api::{
+    cli,
+    config::{Cli, Command},
+    startup, telemetry,
+};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Cli { db, command, serve } = Cli::parse();
+    let outcome: Result<(), Box<dyn std::error::Error>> = async {
+        if let Some(Command::Openapi { yaml }) = command {
+            cli::print_spec(yaml);
+            return Ok(());
+        }
+        telemetry::init(db.log_format);
+        match command {
+            None => startup::serve(&db, &serve).await,
+            Some(Command::Serve(serve)) => startup::serve(&db, &serve).await,
+            Some(Command::Migrate) => {
+                startup::open_database(&db.database_url)
+                    .await?
+                    .close()
+                    .await?;
+                tracing::info!("migrations applied");
+                Ok(())
+            }
+            Some(Command::Keys { command }) => {
+                let conn = startup::open_database(&db.database_url).await?;
+                cli::keys(&conn, command).await?;
+                conn.close().await?;
+                Ok(())
+            }
+            Some(Command::Openapi { .. }) => unreachable!("handled above"),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("users-api: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,242 @@
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestDb, assert_problem, spawn_app, start};
+
+fn assert_bearer_challenge(response: &reqwest::Response) {
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+}
+
+#[tokio::test]
+async fn data_endpoints_need_a_valid_key() {
+    let app = spawn_app().await;
+    let user_path = "/api/v1/users/1";
+    for (method, path) in [
+        (Method::GET, "/api/v1/users"),
+        (Method::POST, "/api/v1/users"),
+        (Method::GET, user_path),
+        (Method::PUT, user_path),
+        (Method::PATCH, user_path),
+        (Method::DELETE, user_path),
+    ] {
+        let bare = app
+            .client
+            .request(method.clone(), app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_bearer_challenge(&bare);
+        assert_problem(bare, 401).await;
+
+        for authorization in [
+            "Basic YWxpY2U6c2VjcmV0".to_owned(),
+            "Bearer".to_owned(),
+            "Bearer not-a-key".to_owned(),
+            format!("Bearer uak_{}", "0".repeat(40)),
+            format!("bearer {}x", app.key),
+        ] {
+            let response = app
+                .client
+                .request(method.clone(), app.url(path))
+                .header("Authorization", &authorization)
+                .header("Content-Type", "application/json")
+                .body(r#"{"name": "Ann", "role": "Dev"}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_bearer_challenge(&response);
+            let problem = assert_problem(response, 401).await;
+            assert_eq!(problem["type"], "urn:users-api:problem:unauthorized");
+        }
+    }
+    // Nothing was created by any of those attempts.
+    let listed: Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]));
+}
+
+#[tokio::test]
+async fn scopes_limit_what_a_key_can_do() {
+    let app = spawn_app().await;
+    let (_, reader) = app.db.create_key(&["users:read"]);
+    let (_, writer) = app.db.create_key(&["users:write"]);
+    let user = app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
+    let path = format!("/api/v1/users/{}", user["id"]);
+
+    let read = app
+        .client
+        .get(app.url(&path))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let denied = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .bearer_auth(&reader)
+        .json(&json!({"name": "Bob", "role": "Dev"}))
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(denied, 403).await;
+    assert_eq!(
+        problem["detail"],
+        "this operation needs the `users:write` scope"
+    );
+    let denied = app
+        .client
+        .delete(app.url(&path))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(denied, 403).await;
+
+    let written = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&writer)
+        .json(&json!({"role": "Lead"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 200);
+    let denied = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(denied, 403).await;
+    assert_eq!(problem["type"], "urn:users-api:problem:insufficient-scope");
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_the_server_runs_stops_working() {
+    let app = spawn_app().await;
+    let (id, key) = app.db.create_key(&["users:read"]);
+    let ok = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+
+    let listing = String::from_utf8(app.db.cli(&["keys", "list"]).stdout).unwrap();
+    assert!(
+        listing.contains(&key[..12]),
+        "the list shows prefixes: {listing}"
+    );
+    assert!(!listing.contains(&key), "the list never shows secrets");
+
+    let revoked =
+        String::from_utf8(app.db.cli(&["keys", "revoke", &id.to_string()]).stdout).unwrap();
+    assert!(
+        revoked.contains(&format!("Revoked API key {id}")),
+        "{revoked}"
+    );
+    let refused = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_bearer_challenge(&refused);
+    assert_problem(refused, 401).await;
+    // Other keys are unaffected.
+    assert_eq!(app.list_users("").await.status(), 200);
+}
+
+#[tokio::test]
+async fn docs_spec_and_root_are_public() {
+    let app = spawn_app().await;
+    let docs = app.client.get(app.url("/docs")).send().await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+    let spec: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(spec["info"]["title"], "users-api");
+    let yaml = app
+        .client
+        .get(app.url("/api/v1/openapi.yaml"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(yaml.status(), 200);
+    assert!(
+        yaml.text()
+            .await
+            .unwrap()
+            .contains("operationId: listUsers")
+    );
+
+    let no_redirects = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let root = no_redirects.get(app.url("/")).send().await.unwrap();
+    assert_eq!(root.status(), 303);
+    assert_eq!(root.headers()["location"], "/docs");
+}
+
+#[tokio::test]
+async fn first_start_prints_one_admin_key_that_works_and_is_never_logged() {
+    let db = std::sync::Arc::new(TestDb::new());
+    let app = start(db.clone(), String::new(), &[]).await;
+    let banner = app.stdout_containing("====\n").await;
+    let key = banner
+        .split_whitespace()
+        .find(|word| word.starts_with("uak_") && word.len() == 44)
+        .unwrap_or_else(|| panic!("no key in banner: {banner}"))
+        .to_owned();
+    let ok = app
+        .client
+        .post(app.url("/api/v1/users"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Ann", "role": "Dev"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201, "the bootstrap key is an admin key");
+    let logs = app.logs();
+    assert!(!logs.contains(&key), "the key must never reach the logs");
+    assert!(!logs.contains(&key[4..]), "nor any part of its secret");
+    drop(app);
+
+    let again = start(db, key.clone(), &[]).await;
+    assert!(!again.stdout().contains("uak_"), "the banner is shown once");
+    assert_eq!(again.list_users("").await.status(), 200);
+}
+
+#[tokio::test]
+async fn keys_cli_rejects_unknown_scopes() {
+    let db = TestDb::new();
+    let output = std::process::Command::new(crate::helpers::BIN)
+        .args([
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--scope",
+            "users:delete",
+            "--database-url",
+            &db.url,
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown scope"), "{stderr}");
+}

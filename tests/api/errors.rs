@@ -1,0 +1,171 @@
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+
+async fn post_raw(
+    app: &crate::helpers::TestApp,
+    content_type: Option<&str>,
+    body: &str,
+) -> reqwest::Response {
+    let mut request = app
+        .request(Method::POST, "/api/v1/users")
+        .body(body.to_owned());
+    if let Some(content_type) = content_type {
+        request = request.header("Content-Type", content_type);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn malformed_and_truncated_json_are_400_problems() {
+    let app = spawn_app().await;
+    for body in [
+        r#"{"name": "Al"#,
+        "{",
+        "not json",
+        r#"{"name": "A", "role": "B",}"#,
+        "{}}",
+    ] {
+        let problem =
+            assert_problem(post_raw(&app, Some("application/json"), body).await, 400).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("not valid JSON"),
+            "{problem}"
+        );
+    }
+    let empty = assert_problem(post_raw(&app, Some("application/json"), "").await, 400).await;
+    assert!(
+        empty["detail"].as_str().unwrap().contains("empty"),
+        "{empty}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_content_type_is_415() {
+    let app = spawn_app().await;
+    let valid = r#"{"name": "Ann", "role": "Dev"}"#;
+    assert_problem(post_raw(&app, Some("text/plain"), valid).await, 415).await;
+    assert_problem(
+        post_raw(&app, Some("application/x-www-form-urlencoded"), "name=Ann").await,
+        415,
+    )
+    .await;
+    assert_problem(post_raw(&app, None, valid).await, 415).await;
+    // A charset parameter is fine.
+    assert_eq!(
+        post_raw(&app, Some("application/json; charset=utf-8"), valid)
+            .await
+            .status(),
+        201
+    );
+}
+
+#[tokio::test]
+async fn bad_path_parameters_are_400_not_500() {
+    let app = spawn_app().await;
+    for id in ["abc", "1.5", "99999999999999999999", "%20"] {
+        let problem = assert_problem(app.get_user(id).await, 400).await;
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("invalid path parameter"),
+            "{problem}"
+        );
+    }
+    assert_problem(app.get_user(-1).await, 404).await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let app = spawn_app().await;
+    for path in [
+        "/nope",
+        "/api/v1/nope",
+        "/api/v2/users",
+        "/api/v1/users/1/extra",
+    ] {
+        let response = app.request(Method::GET, path).send().await.unwrap();
+        assert_problem(response, 404).await;
+    }
+    for (method, path) in [
+        (Method::DELETE, "/api/v1/users"),
+        (Method::PUT, "/api/v1/users"),
+        (Method::POST, "/api/v1/users/1"),
+        (Method::POST, "/"),
+    ] {
+        let response = app.request(method, path).send().await.unwrap();
+        assert_problem(response, 405).await;
+    }
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_and_store_nothing() {
+    let app = spawn_app_with(&["--max-body-bytes", "1024"]).await;
+    let huge = json!({"name": "Ann", "role": "Dev", "padding": "x".repeat(2000)});
+    let problem = assert_problem(app.create_user(&huge).await, 413).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1024"),
+        "{problem}"
+    );
+
+    // Without a Content-Length (chunked), the limit still holds while reading.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        (0..20).map(|_| Ok("x".repeat(100))).collect();
+    let streamed = app
+        .request(Method::POST, "/api/v1/users")
+        .header("Content-Type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(streamed, 413).await;
+
+    let listed: Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]));
+    // Just under the limit is accepted.
+    app.create_ok(&json!({"name": "Ann", "role": "Dev", "padding": "x".repeat(900)}))
+        .await;
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated_and_in_problems() {
+    let app = spawn_app().await;
+    let response = app
+        .request(Method::GET, "/api/v1/users/12345")
+        .header("X-Request-Id", "trace-abc.123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-abc.123");
+    let problem = assert_problem(response, 404).await;
+    assert_eq!(problem["request_id"], "trace-abc.123");
+
+    let hostile = app
+        .request(Method::GET, "/api/v1/users")
+        .header("X-Request-Id", "a b\"<script>")
+        .send()
+        .await
+        .unwrap();
+    let generated = hostile.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(generated, "a b\"<script>");
+    assert_eq!(generated.len(), 36, "a UUID replaces an unsafe id");
+
+    // Every request is logged once with method, path, status and its id.
+    let logs = app.logs();
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["span"]["request_id"] == "trace-abc.123" && e["message"] == "request")
+        .expect("a request log line");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/api/v1/users/12345");
+    assert_eq!(line["status"], 404);
+    assert!(line["latency_ms"].is_number());
+}

@@ -1,0 +1,282 @@
+//! `spawn_app()`: the real `users-api` binary on 127.0.0.1, an ephemeral port and a fresh
+//! SQLite file, with one method per call so each test reads as a story.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_users-api");
+
+/// A database that outlives server processes, so a test can restart the server on it.
+pub struct TestDb {
+    _dir: TempDir,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("users.db").display());
+        Self { _dir: dir, url }
+    }
+
+    /// Runs a CLI subcommand against this database.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let output = command()
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .output()
+            .expect("run users-api");
+        assert!(
+            output.status.success(),
+            "users-api {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Creates a key with `keys create` and returns its id and secret (the last stdout line).
+    pub fn create_key(&self, scopes: &[&str]) -> (i64, String) {
+        let mut args = vec!["keys", "create", "--name", "test"];
+        for scope in scopes {
+            args.extend(["--scope", scope]);
+        }
+        let stdout = String::from_utf8(self.cli(&args).stdout).unwrap();
+        let key = stdout.lines().last().expect("a key line").to_owned();
+        let id = stdout
+            .split_whitespace()
+            .nth(3)
+            .and_then(|id| id.parse().ok())
+            .expect("the first line names the key id");
+        (id, key)
+    }
+}
+
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in ["DATABASE_URL", "BIND", "LOG_FORMAT", "MAX_BODY_BYTES"] {
+        command.env_remove(var);
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    /// An admin key, for tests that are not about authorisation.
+    pub key: String,
+    pub db: Arc<TestDb>,
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts a server with extra flags on a fresh database holding one admin key.
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let db = Arc::new(TestDb::new());
+    let (_, key) = db.create_key(&["admin"]);
+    start(db, key, extra).await
+}
+
+/// Starts a server on an existing database.
+pub async fn start(db: Arc<TestDb>, key: String, extra: &[&str]) -> TestApp {
+    let mut child = command()
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--database-url",
+        ])
+        .arg(&db.url)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn users-api");
+    let stdout = drain(child.stdout.take().unwrap(), None);
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let stderr = drain(child.stderr.take().unwrap(), Some(addr_tx));
+    let addr = tokio::task::spawn_blocking(move || addr_rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|_| {
+            panic!(
+                "server did not report its address: {}",
+                stderr.lock().unwrap()
+            )
+        });
+    TestApp {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder().no_proxy().build().unwrap(),
+        key,
+        db,
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+/// Copies a pipe into a buffer on a thread; reports the `listening` address if asked.
+fn drain(
+    pipe: impl std::io::Read + Send + 'static,
+    addr_tx: Option<mpsc::Sender<String>>,
+) -> Arc<Mutex<String>> {
+    let buffer = Arc::new(Mutex::new(String::new()));
+    let sink = buffer.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if let Some(tx) = &addr_tx
+                && let Ok(event) = serde_json::from_str::<Value>(&line)
+                && event["message"] == "listening"
+                && event["target"] == "users_api::startup"
+            {
+                let _ = tx.send(event["addr"].as_str().unwrap().to_owned());
+            }
+            let mut sink = sink.lock().unwrap();
+            sink.push_str(&line);
+            sink.push('\n');
+        }
+    });
+    buffer
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.key)
+    }
+
+    pub async fn list_users(&self, query: &str) -> Response {
+        self.request(Method::GET, &format!("/api/v1/users{query}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn create_user(&self, body: &Value) -> Response {
+        self.request(Method::POST, "/api/v1/users")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a user that must succeed and returns its body.
+    pub async fn create_ok(&self, body: &Value) -> Value {
+        let response = self.create_user(body).await;
+        assert_eq!(response.status(), 201, "create {body}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_user(&self, id: impl std::fmt::Display) -> Response {
+        self.request(Method::GET, &format!("/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn replace_user(&self, id: i64, body: &Value) -> Response {
+        self.request(Method::PUT, &format!("/api/v1/users/{id}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn update_user(&self, id: i64, body: &Value) -> Response {
+        self.request(Method::PATCH, &format!("/api/v1/users/{id}"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete_user(&self, id: i64) -> Response {
+        self.request(Method::DELETE, &format!("/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Standard output once it contains `needle`; the pipe is read on another thread, so poll
+    /// with a deadline rather than assume it has arrived.
+    pub async fn stdout_containing(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stdout = self.stdout();
+            if stdout.contains(needle) || std::time::Instant::now() > deadline {
+                return stdout;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits for a clean exit: the graceful path operators use.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that a response is a problem with this status and returns its body.
+pub async fn assert_problem(response: Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "status of {}", response.url());
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:users-api:problem:"),
+        "{body}"
+    );
+    assert!(!body["title"].as_str().unwrap().is_empty(), "{body}");
+    assert!(!body["detail"].as_str().unwrap().is_empty(), "{body}");
+    assert_eq!(body["request_id"], request_id.as_str(), "{body}");
+    body
+}

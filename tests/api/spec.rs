@@ -1,0 +1,98 @@
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::{BIN, spawn_app};
+
+const REGENERATE: &str = "regenerate with: cargo run -q -- openapi > openapi/openapi.json && cargo run -q -- openapi --yaml > openapi/openapi.yaml";
+
+fn printed(args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .arg("openapi")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn committed(file: &str) -> String {
+    let path = format!("{}/openapi/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{path} is missing; {REGENERATE}"))
+}
+
+#[test]
+fn committed_spec_matches_the_code() {
+    assert!(
+        committed("openapi.json") == printed(&[]),
+        "openapi/openapi.json is stale; {REGENERATE}"
+    );
+    assert!(
+        committed("openapi.yaml") == printed(&["--yaml"]),
+        "openapi/openapi.yaml is stale; {REGENERATE}"
+    );
+}
+
+#[tokio::test]
+async fn served_spec_is_the_committed_spec() {
+    let app = spawn_app().await;
+    let served: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_str(&committed("openapi.json")).unwrap();
+    assert_eq!(served, committed);
+}
+
+#[test]
+fn every_operation_is_named_secured_and_documents_its_errors() {
+    let spec: Value = serde_json::from_str(&printed(&[])).unwrap();
+    assert_eq!(spec["info"]["version"], env!("CARGO_PKG_VERSION"));
+    assert!(spec["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer");
+    let mut operation_ids = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let id = operation["operationId"].as_str().unwrap();
+            operation_ids.push(id.to_owned());
+            assert_eq!(
+                operation["security"][0]["ApiKey"],
+                serde_json::json!([]),
+                "{method} {path}"
+            );
+            assert!(
+                !operation["summary"].as_str().unwrap_or("").is_empty(),
+                "{id} has a summary"
+            );
+            let responses = operation["responses"].as_object().unwrap();
+            for status in ["401", "403", "500"] {
+                let problem =
+                    &responses[status]["content"]["application/problem+json"]["schema"]["$ref"];
+                assert_eq!(
+                    problem, "#/components/schemas/Problem",
+                    "{id} documents {status}"
+                );
+            }
+        }
+    }
+    operation_ids.sort();
+    assert_eq!(
+        operation_ids,
+        [
+            "createUser",
+            "deleteUser",
+            "getUser",
+            "listUsers",
+            "replaceUser",
+            "updateUser"
+        ]
+    );
+    let user = &spec["components"]["schemas"]["User"]["properties"];
+    for field in ["id", "created_at", "updated_at"] {
+        assert_eq!(user[field]["readOnly"], true, "{field} is read-only");
+    }
+}

@@ -1,0 +1,374 @@
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestDb, assert_problem, spawn_app, start};
+
+#[tokio::test]
+async fn tutorial_curl_sequence_works() {
+    let app = spawn_app().await;
+
+    // The classic tutorial's POST, read-only `id` included: it is ignored, not an error.
+    let response = app
+        .request(reqwest::Method::POST, "/api/v1/users")
+        .header("Content-Type", "application/json")
+        .body(r#"{"id": 3, "name": "Alice", "role": "Tester"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let alice: Value = response.json().await.unwrap();
+    let id = alice["id"].as_i64().unwrap();
+    assert_eq!(id, 1, "the server assigns ids");
+    assert_eq!(location, format!("/api/v1/users/{id}"));
+    assert_eq!(alice["name"], "Alice");
+    assert_eq!(alice["role"], "Tester");
+    assert_eq!(alice["email"], Value::Null);
+    assert_eq!(alice["created_at"], alice["updated_at"]);
+
+    let listed: Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([alice]));
+    assert_eq!(listed["next_cursor"], Value::Null);
+
+    let fetched = app
+        .client
+        .get(app.url(&location))
+        .bearer_auth(&app.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.json::<Value>().await.unwrap(), alice);
+
+    let missing = assert_problem(app.get_user(999).await, 404).await;
+    assert_eq!(missing["detail"], "user 999 does not exist");
+}
+
+#[tokio::test]
+async fn create_trims_fields_and_keeps_unicode() {
+    let app = spawn_app().await;
+    let user = app
+        .create_ok(&json!({"name": "  Zoë 山田 🚀 ", "role": " Développeuse ", "email": " Zoe@Example.org "}))
+        .await;
+    assert_eq!(user["name"], "Zoë 山田 🚀");
+    assert_eq!(user["role"], "Développeuse");
+    assert_eq!(user["email"], "Zoe@Example.org", "case is preserved");
+    let fetched: Value = app
+        .get_user(user["id"].as_i64().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, user);
+}
+
+#[tokio::test]
+async fn names_are_limited_in_characters_not_bytes() {
+    let app = spawn_app().await;
+    app.create_ok(&json!({"name": "é".repeat(100), "role": "r".repeat(50)}))
+        .await;
+    let body = assert_problem(
+        app.create_user(&json!({"name": "é".repeat(101), "role": "r".repeat(51)}))
+            .await,
+        422,
+    )
+    .await;
+    let pointers: Vec<_> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["pointer"].clone())
+        .collect();
+    assert_eq!(pointers, [json!("/name"), json!("/role")]);
+}
+
+#[tokio::test]
+async fn invalid_fields_are_all_reported_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    for (body, pointer) in [
+        (json!({"name": "   ", "role": "Dev"}), "/name"),
+        (json!({"name": "", "role": "Dev"}), "/name"),
+        (json!({"role": "Dev"}), "/name"),
+        (json!({"name": null, "role": "Dev"}), "/name"),
+        (json!({"name": 42, "role": "Dev"}), "/name"),
+        (json!({"name": "Ann", "role": ["Dev"]}), "/role"),
+        (
+            json!({"name": "Ann", "role": "Dev", "email": "not-an-email"}),
+            "/email",
+        ),
+        (
+            json!({"name": "Ann", "role": "Dev", "email": "ann@localhost"}),
+            "/email",
+        ),
+        (json!({"name": "Ann", "role": "Dev", "email": 7}), "/email"),
+        (json!([{"name": "Ann", "role": "Dev"}]), ""),
+        (json!("Ann"), ""),
+    ] {
+        let problem = assert_problem(app.create_user(&body).await, 422).await;
+        assert_eq!(problem["type"], "urn:users-api:problem:validation-error");
+        assert_eq!(
+            problem["errors"][0]["pointer"], pointer,
+            "{body} -> {problem}"
+        );
+        assert!(!problem["errors"][0]["message"].as_str().unwrap().is_empty());
+    }
+    let listed: Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]));
+}
+
+#[tokio::test]
+async fn duplicate_email_is_a_409_regardless_of_case() {
+    let app = spawn_app().await;
+    let ann = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+    let bob = app
+        .create_ok(&json!({"name": "Bob", "role": "Dev", "email": "bob@example.org"}))
+        .await;
+    let bob_id = bob["id"].as_i64().unwrap();
+
+    let conflict = assert_problem(
+        app.create_user(&json!({"name": "Ann 2", "role": "Dev", "email": "ANN@Example.ORG"}))
+            .await,
+        409,
+    )
+    .await;
+    assert_eq!(conflict["type"], "urn:users-api:problem:conflict");
+    assert_problem(
+        app.update_user(bob_id, &json!({"email": "Ann@example.org"}))
+            .await,
+        409,
+    )
+    .await;
+    assert_problem(
+        app.replace_user(
+            bob_id,
+            &json!({"name": "Bob", "role": "Dev", "email": "ann@EXAMPLE.org"}),
+        )
+        .await,
+        409,
+    )
+    .await;
+
+    // Conflicts change nothing, and a user may keep (or re-case) its own address.
+    let still_bob: Value = app.get_user(bob_id).await.json().await.unwrap();
+    assert_eq!(still_bob, bob);
+    let ann_id = ann["id"].as_i64().unwrap();
+    let recased = app
+        .update_user(ann_id, &json!({"email": "Ann@Example.org"}))
+        .await;
+    assert_eq!(recased.status(), 200);
+    // Once Ann drops the address, it is free for others.
+    assert_eq!(
+        app.update_user(ann_id, &json!({"email": null}))
+            .await
+            .status(),
+        200
+    );
+    app.create_ok(&json!({"name": "Ann 2", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+}
+
+#[tokio::test]
+async fn replace_sets_every_field_and_404s_on_missing_user() {
+    let app = spawn_app().await;
+    let user = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+    let id = user["id"].as_i64().unwrap();
+
+    let response = app
+        .replace_user(id, &json!({"name": "Anna", "role": "Lead", "id": 99}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let replaced: Value = response.json().await.unwrap();
+    assert_eq!(replaced["id"], id);
+    assert_eq!(replaced["name"], "Anna");
+    assert_eq!(replaced["role"], "Lead");
+    assert_eq!(
+        replaced["email"],
+        Value::Null,
+        "an omitted email is cleared by a full replace"
+    );
+    assert_eq!(replaced["created_at"], user["created_at"]);
+    assert!(replaced["updated_at"].as_str() >= user["updated_at"].as_str());
+    assert_eq!(
+        app.get_user(id).await.json::<Value>().await.unwrap(),
+        replaced
+    );
+
+    assert_problem(
+        app.replace_user(id + 1, &json!({"name": "X", "role": "Y"}))
+            .await,
+        404,
+    )
+    .await;
+    assert_problem(app.replace_user(id, &json!({"name": "X"})).await, 422).await;
+}
+
+#[tokio::test]
+async fn patch_changes_only_what_is_sent() {
+    let app = spawn_app().await;
+    let user = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+    let id = user["id"].as_i64().unwrap();
+
+    let renamed: Value = app
+        .update_user(id, &json!({"role": "Lead"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(renamed["name"], "Ann");
+    assert_eq!(renamed["role"], "Lead");
+    assert_eq!(renamed["email"], "ann@example.org");
+
+    let unchanged = app.update_user(id, &json!({})).await;
+    assert_eq!(unchanged.status(), 200);
+
+    let cleared: Value = app
+        .update_user(id, &json!({"email": null}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["email"], Value::Null);
+    assert_eq!(cleared["role"], "Lead");
+
+    let merge_patch = app
+        .request(reqwest::Method::PATCH, &format!("/api/v1/users/{id}"))
+        .header("Content-Type", "application/merge-patch+json")
+        .body(r#"{"name": "Annie"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(merge_patch.status(), 200);
+    assert_eq!(merge_patch.json::<Value>().await.unwrap()["name"], "Annie");
+
+    let problem = assert_problem(
+        app.update_user(id, &json!({"name": null, "role": ""}))
+            .await,
+        422,
+    )
+    .await;
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 2);
+    assert_problem(app.update_user(id + 1, &json!({"role": "X"})).await, 404).await;
+    assert_eq!(
+        app.get_user(id).await.json::<Value>().await.unwrap()["name"],
+        "Annie"
+    );
+}
+
+#[tokio::test]
+async fn delete_removes_the_user_once() {
+    let app = spawn_app().await;
+    let user = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+    let id = user["id"].as_i64().unwrap();
+
+    let response = app.delete_user(id).await;
+    assert_eq!(response.status(), 204);
+    assert!(response.bytes().await.unwrap().is_empty());
+    assert_problem(app.get_user(id).await, 404).await;
+    assert_problem(app.delete_user(id).await, 404).await;
+    // The address is free again.
+    app.create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+}
+
+#[tokio::test]
+async fn pagination_walks_every_user_exactly_once() {
+    let app = spawn_app().await;
+    let mut created = Vec::new();
+    for i in 0..23 {
+        let user = app
+            .create_ok(&json!({"name": format!("User {i}"), "role": "Dev"}))
+            .await;
+        created.push(user["id"].as_i64().unwrap());
+    }
+    // A hole in the id sequence must not confuse the cursor.
+    app.delete_user(created.remove(7)).await;
+
+    let mut seen = Vec::new();
+    let mut query = "?limit=5".to_owned();
+    let mut pages = 0;
+    loop {
+        let response = app.list_users(&query).await;
+        assert_eq!(response.status(), 200);
+        let page: Value = response.json().await.unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 5);
+        seen.extend(items.iter().map(|u| u["id"].as_i64().unwrap()));
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=5&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5);
+    assert_eq!(seen, created, "in id order, no duplicates, no gaps");
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len());
+}
+
+#[tokio::test]
+async fn page_size_defaults_to_50_and_is_capped_at_200() {
+    let app = spawn_app().await;
+    for i in 0..51 {
+        app.create_ok(&json!({"name": format!("User {i}"), "role": "Dev"}))
+            .await;
+    }
+    let page: Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 50);
+    assert!(page["next_cursor"].is_string());
+
+    let whole: Value = app.list_users("?limit=200").await.json().await.unwrap();
+    assert_eq!(whole["items"].as_array().unwrap().len(), 51);
+    assert_eq!(whole["next_cursor"], Value::Null);
+
+    for bad in [
+        "?limit=0",
+        "?limit=201",
+        "?limit=-1",
+        "?limit=ten",
+        "?cursor=bogus",
+        "?cursor=djE6eA",
+    ] {
+        assert_problem(app.list_users(bad).await, 400).await;
+    }
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let app = spawn_app().await;
+    let user = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.org"}))
+        .await;
+    let (db, key) = (app.db.clone(), app.key.clone());
+    let status = app.stop();
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+
+    let app = start(db, key, &[]).await;
+    let fetched: Value = app
+        .get_user(user["id"].as_i64().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, user);
+    let next = app.create_ok(&json!({"name": "Bob", "role": "Dev"})).await;
+    assert_eq!(next["id"], user["id"].as_i64().unwrap() + 1);
+    // A restart on a database that has keys must not mint (or print) another one.
+    assert!(!app.stdout().contains("uak_"));
+}
+
+#[tokio::test]
+async fn the_database_file_is_created_when_missing() {
+    let db = TestDb::new();
+    let path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
+    assert!(!path.exists());
+    db.cli(&["migrate"]);
+    assert!(path.exists());
+}
