@@ -2,7 +2,13 @@
 
 use sea_orm::DatabaseConnection;
 
-use crate::{api, config::KeysCommand, domain::ScopeSet, error::AppError, store};
+use crate::{
+    api,
+    config::KeysCommand,
+    domain::{NewApiKey, ScopeSet},
+    error::AppError,
+    store,
+};
 
 pub fn print_spec(yaml: bool) {
     let spec = api::spec(yaml);
@@ -12,9 +18,26 @@ pub fn print_spec(yaml: bool) {
 
 pub async fn keys(db: &DatabaseConnection, command: KeysCommand) -> Result<(), AppError> {
     match command {
-        KeysCommand::Create { name, scopes } => {
-            let scopes = ScopeSet::new(scopes);
-            let (key, secret) = store::api_keys::create(db, &name, &scopes).await?;
+        KeysCommand::Create {
+            name,
+            scopes,
+            expires_at,
+        } => {
+            let new_key = NewApiKey {
+                name,
+                scopes: ScopeSet::new(scopes),
+                expires_at,
+            };
+            let (key, secret) = store::api_keys::create(db, &new_key, None).await?;
+            let scopes = &new_key.scopes;
+            tracing::info!(
+                event = "api_key.created",
+                key_id = key.id,
+                key_prefix = %key.prefix,
+                scopes = %key.scopes,
+                actor = "cli",
+                "API key created"
+            );
             println!(
                 "Created API key {} ({}) with scopes: {}. Store it now; it is not shown again:",
                 key.id,
@@ -25,26 +48,41 @@ pub async fn keys(db: &DatabaseConnection, command: KeysCommand) -> Result<(), A
             println!("{}", secret.plaintext());
         }
         KeysCommand::List => {
-            println!(
-                "{:>6}  {:<12}  {:<30}  {:<25}  {:<20}  NAME",
-                "ID", "PREFIX", "SCOPES", "CREATED", "REVOKED"
-            );
-            for key in store::api_keys::list(db).await? {
-                let revoked = key.revoked_at.map_or("-".to_owned(), |at| at.to_rfc3339());
-                println!(
-                    "{:>6}  {:<12}  {:<30}  {:<25}  {:<20}  {}",
-                    key.id,
-                    key.prefix,
-                    key.scopes,
-                    key.created_at.to_rfc3339(),
-                    revoked,
-                    key.name
-                );
+            println!("ID\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tREVOKED\tNAME");
+            let mut after = None;
+            loop {
+                let page = store::api_keys::list(db, after, 200).await?;
+                for key in &page.items {
+                    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                        at.map_or("-".to_owned(), |at| at.to_rfc3339())
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                        key.id,
+                        key.prefix,
+                        key.scopes,
+                        key.created_at.to_rfc3339(),
+                        when(key.expires_at),
+                        when(key.last_used_at),
+                        when(key.revoked_at),
+                        key.name
+                    );
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
             }
         }
         KeysCommand::Revoke { id } => {
             let key = store::api_keys::revoke(db, id).await?;
-            tracing::info!(key_id = key.id, key_prefix = %key.prefix, "API key revoked");
+            tracing::info!(
+                event = "api_key.revoked",
+                key_id = key.id,
+                key_prefix = %key.prefix,
+                actor = "cli",
+                "API key revoked"
+            );
             println!("Revoked API key {} ({}).", key.id, key.name);
         }
     }

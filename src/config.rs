@@ -1,10 +1,16 @@
 //! Command line and environment: every setting in one place, documented by `--help`.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::domain::Scope;
+use crate::{
+    auth::{
+        OAuthFlowUrls,
+        oauth::{JwksSource, OAuthSettings},
+    },
+    domain::Scope,
+};
 
 /// users-api: a versioned, documented, authenticated REST API for users.
 #[derive(Debug, Parser)]
@@ -48,6 +54,9 @@ pub enum KeysCommand {
         /// A scope to grant (users:read, users:write, admin); repeat for several.
         #[arg(long = "scope", required = true, value_parser = parse_scope)]
         scopes: Vec<Scope>,
+        /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z); never if omitted.
+        #[arg(long, value_parser = parse_expiry)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// List keys (never their secrets).
     List,
@@ -60,6 +69,16 @@ pub enum KeysCommand {
 
 fn parse_scope(raw: &str) -> Result<Scope, String> {
     Scope::parse(raw)
+}
+
+fn parse_expiry(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let at = chrono::DateTime::parse_from_rfc3339(raw)
+        .map_err(|err| format!("not an RFC 3339 date-time: {err}"))?
+        .to_utc();
+    if at <= chrono::Utc::now() {
+        return Err("the expiry must lie in the future".into());
+    }
+    Ok(at)
 }
 
 /// Settings every command that touches the database shares; accepted before or after the
@@ -90,6 +109,68 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// How often API-key `last_used_at` times are written to the database, in seconds.
+    #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
+    pub key_usage_flush_secs: u64,
+    #[command(flatten)]
+    pub oauth: OAuthArgs,
+}
+
+/// OAuth 2.0 access tokens: off unless issuer, audience and JWKS are all given.
+#[derive(Debug, Clone, Args)]
+pub struct OAuthArgs {
+    /// The `iss` tokens must carry, e.g. `https://idp.example.com/realms/main`.
+    #[arg(long, env = "OAUTH_ISSUER")]
+    pub oauth_issuer: Option<String>,
+    /// The `aud` tokens must carry: this API's identifier at the identity provider.
+    #[arg(long, env = "OAUTH_AUDIENCE")]
+    pub oauth_audience: Option<String>,
+    /// The identity provider's JWKS: an `https://` URL, or a path to a JWKS file.
+    #[arg(long, env = "OAUTH_JWKS_URL")]
+    pub oauth_jwks_url: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "OAUTH_LEEWAY_SECS", default_value_t = 30)]
+    pub oauth_leeway_secs: u64,
+    /// A token with an unknown `kid` reloads the JWKS at most this often, in seconds.
+    #[arg(long, env = "OAUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub oauth_jwks_min_refresh_secs: u64,
+    /// The provider's authorization endpoint, shown in the live spec for Swagger UI's Authorize.
+    #[arg(long, env = "OAUTH_AUTHORIZATION_URL")]
+    pub oauth_authorization_url: Option<String>,
+    /// The provider's token endpoint, shown in the live spec for Swagger UI's Authorize.
+    #[arg(long, env = "OAUTH_TOKEN_URL")]
+    pub oauth_token_url: Option<String>,
+}
+
+impl OAuthArgs {
+    /// `None` when OAuth is off; an error when it is half configured, which is never intended.
+    pub fn settings(&self) -> Result<Option<OAuthSettings>, String> {
+        match (
+            &self.oauth_issuer,
+            &self.oauth_audience,
+            &self.oauth_jwks_url,
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(issuer), Some(audience), Some(jwks)) => Ok(Some(OAuthSettings {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                jwks: JwksSource::parse(jwks),
+                leeway: Duration::from_secs(self.oauth_leeway_secs),
+                min_refresh_interval: Duration::from_secs(self.oauth_jwks_min_refresh_secs),
+            })),
+            _ => Err(
+                "OAuth needs all of --oauth-issuer, --oauth-audience and --oauth-jwks-url".into(),
+            ),
+        }
+    }
+
+    /// The flow endpoints to show in the live spec, when both are configured.
+    pub fn flow_urls(&self) -> Option<OAuthFlowUrls> {
+        Some(OAuthFlowUrls {
+            authorization_url: self.oauth_authorization_url.clone()?,
+            token_url: self.oauth_token_url.clone()?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -35,10 +35,19 @@ pub enum AppError {
     BadRequest(String),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// No usable `Authorization: Bearer` header at all.
+    #[error(
+        "this operation needs credentials: send `Authorization: Bearer <API key or access token>`"
+    )]
+    MissingCredentials,
+    /// Credentials were presented but are not acceptable (RFC 6750 `invalid_token`).
     #[error("{0}")]
-    Unauthorized(String),
+    InvalidToken(String),
     #[error("this operation needs the `{needed}` scope")]
     Forbidden { needed: Scope },
+    /// A dependency is briefly out of reach; retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(#[source] DbErr),
 }
@@ -52,11 +61,41 @@ impl AppError {
             AppError::Validation(_) => "validation-error",
             AppError::BadRequest(_) => "bad-request",
             AppError::PayloadTooLarge { .. } => "payload-too-large",
-            AppError::Unauthorized(_) => "unauthorized",
+            AppError::MissingCredentials => "unauthorized",
+            AppError::InvalidToken(_) => "invalid-token",
+            AppError::Unavailable(_) => "unavailable",
             AppError::Forbidden { .. } => "insufficient-scope",
             AppError::Database(_) => "internal-error",
         }
     }
+}
+
+impl AppError {
+    /// The RFC 6750 `WWW-Authenticate` challenge that goes with this error, if any.
+    pub fn challenge(&self) -> Option<String> {
+        match self {
+            AppError::MissingCredentials => Some("Bearer".into()),
+            AppError::InvalidToken(description) => Some(format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                quoted_string_safe(description)
+            )),
+            AppError::Forbidden { needed } => Some(format!(
+                "Bearer error=\"insufficient_scope\", scope=\"{needed}\""
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// RFC 6750 limits `error_description` to printable ASCII without `"` and `\`.
+fn quoted_string_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
 }
 
 impl From<DbErr> for AppError {
@@ -73,7 +112,8 @@ impl ResponseError for AppError {
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::MissingCredentials | AppError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
             AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

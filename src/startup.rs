@@ -1,6 +1,6 @@
 //! Building the application and running the server.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     Endpoint, EndpointExt, Route, Server, get, handler,
@@ -12,8 +12,9 @@ use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::{
     api::{self, API_PREFIX, edge::edge},
+    auth::{OAUTH_FLOW_URLS, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
-    domain::{Scope, ScopeSet},
+    domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
     store,
 };
@@ -23,6 +24,9 @@ use crate::{
 pub struct AppState {
     pub db: DatabaseConnection,
     pub max_body_bytes: usize,
+    /// Present when OAuth access tokens are accepted.
+    pub oauth: Option<Arc<OAuthVerifier>>,
+    pub key_usage: KeyUsage,
 }
 
 #[handler]
@@ -60,7 +64,19 @@ pub async fn open_database(url: &str) -> Result<DatabaseConnection, DbErr> {
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to the grace
 /// period) before closing the pool, so nothing acknowledged is lost.
 pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let oauth_settings = args.oauth.settings()?;
+    if let Some(urls) = args.oauth.flow_urls() {
+        // Before the spec is first built, which reads it.
+        let _ = OAUTH_FLOW_URLS.set(urls);
+    }
     let db = open_database(&db_args.database_url).await?;
+    let oauth = match oauth_settings {
+        Some(settings) => {
+            tracing::info!(issuer = %settings.issuer, audience = %settings.audience, "accepting OAuth access tokens");
+            Some(Arc::new(OAuthVerifier::new(settings).await))
+        }
+        None => None,
+    };
     let acceptor = TcpListener::bind(args.bind).into_acceptor().await?;
     let addr = acceptor
         .local_addr()
@@ -70,9 +86,16 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     bootstrap_admin_key(&db, addr).await?;
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
 
+    let key_usage = KeyUsage::default();
+    key_usage.spawn_flusher(
+        db.clone(),
+        Duration::from_secs(args.key_usage_flush_secs.max(1)),
+    );
     let state = AppState {
         db: db.clone(),
         max_body_bytes: args.max_body_bytes,
+        oauth,
+        key_usage: key_usage.clone(),
     };
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
@@ -81,6 +104,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
             Some(Duration::from_secs(args.shutdown_grace_secs)),
         )
         .await?;
+    key_usage.flush(&db).await;
     db.close().await?;
     tracing::info!("stopped");
     Ok(())
@@ -92,8 +116,20 @@ async fn bootstrap_admin_key(db: &DatabaseConnection, addr: SocketAddr) -> Resul
     if store::api_keys::count(db).await? > 0 {
         return Ok(());
     }
-    let (key, secret) =
-        store::api_keys::create(db, "bootstrap admin", &ScopeSet::new([Scope::Admin])).await?;
+    let bootstrap = NewApiKey {
+        name: "bootstrap admin".into(),
+        scopes: ScopeSet::new([Scope::Admin]),
+        expires_at: None,
+    };
+    let (key, secret) = store::api_keys::create(db, &bootstrap, None).await?;
+    tracing::info!(
+        event = "api_key.created",
+        key_id = key.id,
+        key_prefix = %key.prefix,
+        scopes = %key.scopes,
+        actor = "bootstrap",
+        "API key created"
+    );
     let rule = "=".repeat(78);
     println!(
         "{rule}\n  users-api: no API keys existed, so this admin key (id {id}) was created.\n  \

@@ -15,6 +15,12 @@ pub struct Model {
     pub scopes: String,
     pub created_at: DateTimeUtc,
     pub revoked_at: Option<DateTimeUtc>,
+    /// After this instant the key is refused.
+    pub expires_at: Option<DateTimeUtc>,
+    /// Updated in batches, not on every request: accurate to the flush interval.
+    pub last_used_at: Option<DateTimeUtc>,
+    /// Who created the key; `None` for keys made with the CLI.
+    pub created_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

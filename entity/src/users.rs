@@ -15,6 +15,10 @@ pub struct Model {
     pub email_key: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// Who created the user: `api-key:<id>` or `oauth:<subject>`.
+    pub created_by: Option<String>,
+    /// Who last changed the user, in the same form.
+    pub updated_by: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_users;
 mod m20261124_000002_create_api_keys;
+mod m20261124_000003_audit_and_key_lifecycle;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_users::Migration),
             Box::new(m20261124_000002_create_api_keys::Migration),
+            Box::new(m20261124_000003_audit_and_key_lifecycle::Migration),
         ]
     }
 }

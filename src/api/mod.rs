@@ -1,5 +1,6 @@
 //! The HTTP API: the OpenAPI service (spec, routing, docs) and what every request passes through.
 
+pub mod api_keys;
 pub mod edge;
 pub mod payload;
 pub mod problem;
@@ -7,6 +8,9 @@ pub mod users;
 
 use poem_openapi::{LicenseObject, OpenApiService, Tags};
 
+use crate::{domain::Cursor, error::AppError};
+
+pub use api_keys::ApiKeysApi;
 pub use users::UsersApi;
 
 /// Where the versioned API lives.
@@ -16,6 +20,9 @@ pub const API_PREFIX: &str = "/api/v1";
 pub enum ApiTags {
     /// Create, read, update and delete users.
     Users,
+    /// Manage API keys (needs the `admin` scope).
+    #[oai(rename = "API keys")]
+    ApiKeys,
 }
 
 const DESCRIPTION: &str = "\
@@ -32,12 +39,28 @@ validation failure lists each invalid member under `errors`.
 
 **Pagination.** `GET /api/v1/users` returns pages in id order; follow `next_cursor`.";
 
+/// Page size when a listing's `limit` is omitted.
+fn default_page_limit() -> u64 {
+    50
+}
+
+/// The `cursor` query parameter of a listing; one this API did not issue is a 400.
+fn parse_cursor(raw: Option<&str>) -> Result<Option<Cursor>, AppError> {
+    raw.map(Cursor::parse)
+        .transpose()
+        .map_err(AppError::BadRequest)
+}
+
 /// The OpenAPI service: the source of the spec, the routes and the Swagger UI.
-pub fn service() -> OpenApiService<UsersApi, ()> {
-    OpenApiService::new(UsersApi, "users-api", env!("CARGO_PKG_VERSION"))
-        .description(DESCRIPTION)
-        .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
-        .url_prefix(API_PREFIX)
+pub fn service() -> OpenApiService<(UsersApi, ApiKeysApi), ()> {
+    OpenApiService::new(
+        (UsersApi, ApiKeysApi),
+        "users-api",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+    .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
+    .url_prefix(API_PREFIX)
 }
 
 /// The spec as `users-api openapi` prints it and `openapi/` commits it.

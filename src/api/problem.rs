@@ -9,7 +9,7 @@ use poem::{
 };
 use poem_openapi::{
     ApiResponse, Object,
-    error::{AuthorizationError, ContentTypeError, ParsePathError},
+    error::{ContentTypeError, ParsePathError},
     registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry},
     types::{Example, ToJSON, Type},
 };
@@ -40,6 +40,9 @@ pub struct Problem {
     /// Present on validation failures: one entry per invalid member of the body.
     #[oai(skip_serializing_if_is_none)]
     pub errors: Option<Vec<ProblemFieldError>>,
+    /// The `WWW-Authenticate` challenge sent with the problem; a header, not part of the body.
+    #[oai(skip)]
+    pub challenge: Option<String>,
 }
 
 /// One invalid member of a request body.
@@ -64,6 +67,7 @@ impl Example for Problem {
                 pointer: "/email".into(),
                 message: "is not a valid email address (Missing separator character '@'.)".into(),
             }]),
+            challenge: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl Problem {
             detail: detail.into(),
             request_id: None,
             errors: None,
+            challenge: None,
         }
     }
 
@@ -97,6 +102,7 @@ impl Problem {
             other => other.to_string(),
         };
         let mut problem = Self::new(status, err.kind(), detail);
+        problem.challenge = err.challenge();
         if let AppError::Validation(errors) = err {
             problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
         }
@@ -118,11 +124,6 @@ impl Problem {
             (
                 "method-not-allowed",
                 "this path does not support the request method".to_owned(),
-            )
-        } else if err.is::<AuthorizationError>() {
-            (
-                "unauthorized",
-                "this operation needs an API key: send `Authorization: Bearer <key>`".to_owned(),
             )
         } else if let Some(path_error) = err.downcast_ref::<ParsePathError>() {
             // The framework names path parameters by position; the reason is what helps.
@@ -151,8 +152,10 @@ impl Problem {
             .content_type(PROBLEM_JSON)
             .body(body);
         let headers = response.headers_mut();
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        if let Some(challenge) = self.challenge.as_deref()
+            && let Ok(value) = HeaderValue::from_str(challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read, so the connection cannot carry another
@@ -196,14 +199,19 @@ fn describe(status: u16) -> &'static str {
             "The request is malformed: unparsable JSON, a bad path or query parameter, or a cursor this API did not issue."
         }
         401 => {
-            "No API key, or one that is unknown or revoked. The response carries `WWW-Authenticate: Bearer`."
+            "No credentials, or an API key or access token that is unknown, revoked, expired or otherwise invalid. `WWW-Authenticate` carries the RFC 6750 challenge (`error=\"invalid_token\"` when credentials were sent)."
         }
-        403 => "The API key is valid but lacks the scope this operation needs.",
-        404 => "No user has this id.",
+        403 => {
+            "The credentials are valid but lack the scope this operation needs; `WWW-Authenticate` names it (`error=\"insufficient_scope\"`)."
+        }
+        404 => "No resource has this id.",
         409 => "Another user already has this email address (compared case-insensitively).",
         413 => "The request body exceeds the configured size limit.",
         415 => "The request body is not JSON: send `Content-Type: application/json`.",
         422 => "The body is well-formed JSON but invalid; `errors` lists every offending member.",
+        503 => {
+            "A dependency (the identity provider's signing keys, the database) is briefly unavailable; retry later."
+        }
         _ => "The server failed; the body names the request id to report.",
     }
 }
@@ -220,10 +228,10 @@ impl<S: ErrorStatuses> ApiResponse for Failure<S> {
                     content_type: PROBLEM_JSON,
                     schema: Problem::schema_ref(),
                 }],
-                headers: if status == 401 {
+                headers: if status == 401 || status == 403 {
                     vec![MetaHeader {
                         name: "WWW-Authenticate".into(),
-                        description: Some("The authentication scheme to use: `Bearer`.".into()),
+                        description: Some("The RFC 6750 Bearer challenge.".into()),
                         required: true,
                         deprecated: false,
                         schema: String::schema_ref(),
@@ -254,13 +262,13 @@ macro_rules! error_statuses {
 
 error_statuses! {
     /// Listing: bad query parameters or cursor, auth.
-    ListErrors: [400, 401, 403, 500];
-    /// Reading or deleting one user.
-    OneUserErrors: [400, 401, 403, 404, 500];
-    /// Creating a user from a body.
-    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 500];
-    /// Replacing or updating one user from a body.
-    WriteOneErrors: [400, 401, 403, 404, 409, 413, 415, 422, 500];
+    ListErrors: [400, 401, 403, 500, 503];
+    /// Reading or deleting one resource by id.
+    OneErrors: [400, 401, 403, 404, 500, 503];
+    /// Creating a resource from a body.
+    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 500, 503];
+    /// Replacing or updating one resource from a body.
+    WriteOneErrors: [400, 401, 403, 404, 409, 413, 415, 422, 500, 503];
 }
 
 #[cfg(test)]
@@ -279,10 +287,23 @@ mod tests {
     }
 
     #[test]
-    fn unauthorized_problems_carry_a_bearer_challenge() {
-        let response =
-            Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", "no key").into_response();
+    fn auth_problems_carry_rfc_6750_challenges() {
+        let response = Problem::from_app_error(&AppError::MissingCredentials).into_response();
         assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
         assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let invalid = AppError::InvalidToken("bad \"quote\" é".into());
+        let response = Problem::from_app_error(&invalid).into_response();
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\", error_description=\"bad 'quote' ?\""
+        );
+        let forbidden = AppError::Forbidden {
+            needed: crate::domain::Scope::Admin,
+        };
+        let response = Problem::from_app_error(&forbidden).into_response();
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"insufficient_scope\", scope=\"admin\""
+        );
     }
 }

@@ -14,12 +14,12 @@ use serde_json::Value;
 use super::{
     ApiTags,
     payload::{BodySchema, JsonBody},
-    problem::{ApiResult, CreateErrors, ListErrors, OneUserErrors, WriteOneErrors},
+    problem::{ApiResult, CreateErrors, ListErrors, OneErrors, WriteOneErrors},
 };
 use crate::{
-    auth::ApiKeyAuth,
-    domain::{Cursor, NewUser, Scope, UserChanges},
-    error::{AppError, FieldError},
+    auth::Auth,
+    domain::{NewUser, Scope, UserChanges},
+    error::FieldError,
     startup::AppState,
     store,
 };
@@ -44,6 +44,12 @@ pub struct User {
     /// When the user was last changed (RFC 3339, UTC).
     #[oai(read_only)]
     pub updated_at: DateTime<Utc>,
+    /// Who created the user: `api-key:<id>` or `oauth:<subject>`.
+    #[oai(read_only, nullable)]
+    pub created_by: Option<String>,
+    /// Who last changed the user, in the same form.
+    #[oai(read_only, nullable)]
+    pub updated_by: Option<String>,
 }
 
 impl Example for User {
@@ -58,6 +64,8 @@ impl Example for User {
             email: Some(Email("alice@example.com".into())),
             created_at: at,
             updated_at: at,
+            created_by: Some("api-key:1".into()),
+            updated_by: Some("oauth:auth0|5f7c8ec7c33c6c004bbafe82".into()),
         }
     }
 }
@@ -71,6 +79,8 @@ impl From<Model> for User {
             email: model.email.map(Email),
             created_at: model.created_at,
             updated_at: model.updated_at,
+            created_by: model.created_by,
+            updated_by: model.updated_by,
         }
     }
 }
@@ -190,10 +200,6 @@ pub enum DeleteUserResponse {
     Deleted,
 }
 
-fn default_limit() -> u64 {
-    50
-}
-
 /// The users resource.
 pub struct UsersApi;
 
@@ -207,11 +213,11 @@ impl UsersApi {
     #[oai(path = "/users", method = "get", operation_id = "listUsers")]
     async fn list_users(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         /// How many users to return, 1 to 200.
         #[oai(
-            default = "default_limit",
+            default = "super::default_page_limit",
             validator(minimum(value = "1"), maximum(value = "200"))
         )]
         limit: Query<u64>,
@@ -219,15 +225,10 @@ impl UsersApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<ListUsersResponse, ListErrors> {
         auth.0.require(Scope::UsersRead)?;
-        let after = cursor
-            .0
-            .as_deref()
-            .map(Cursor::parse)
-            .transpose()
-            .map_err(AppError::BadRequest)?;
+        let after = super::parse_cursor(cursor.0.as_deref())?;
         let page = store::users::list(&state.db, after, limit.0).await?;
         Ok(ListUsersResponse::Ok(Json(UserPage {
-            items: page.users.into_iter().map(User::from).collect(),
+            items: page.items.into_iter().map(User::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
         })))
     }
@@ -239,12 +240,14 @@ impl UsersApi {
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
     async fn create_user(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         body: JsonBody<UserInput>,
     ) -> ApiResult<CreateUserResponse, CreateErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user = User::from(store::users::create(&state.db, body.0).await?);
+        let user = User::from(
+            store::users::create(&state.db, body.0, &auth.0.subject.audit_name()).await?,
+        );
         let location = format!("/api/v1/users/{}", user.id);
         Ok(CreateUserResponse::Created(Json(user), location))
     }
@@ -255,11 +258,11 @@ impl UsersApi {
     #[oai(path = "/users/:id", method = "get", operation_id = "getUser")]
     async fn get_user(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
-    ) -> ApiResult<UserResponse, OneUserErrors> {
+    ) -> ApiResult<UserResponse, OneErrors> {
         auth.0.require(Scope::UsersRead)?;
         let user = store::users::get(&state.db, id.0).await?;
         Ok(UserResponse::Ok(Json(user.into())))
@@ -271,14 +274,15 @@ impl UsersApi {
     #[oai(path = "/users/:id", method = "put", operation_id = "replaceUser")]
     async fn replace_user(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
         body: JsonBody<UserInput>,
     ) -> ApiResult<UserResponse, WriteOneErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user = store::users::replace(&state.db, id.0, body.0).await?;
+        let user =
+            store::users::replace(&state.db, id.0, body.0, &auth.0.subject.audit_name()).await?;
         Ok(UserResponse::Ok(Json(user.into())))
     }
 
@@ -289,14 +293,15 @@ impl UsersApi {
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update_user(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
         body: JsonBody<UserPatch>,
     ) -> ApiResult<UserResponse, WriteOneErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user = store::users::update(&state.db, id.0, body.0).await?;
+        let user =
+            store::users::update(&state.db, id.0, body.0, &auth.0.subject.audit_name()).await?;
         Ok(UserResponse::Ok(Json(user.into())))
     }
 
@@ -306,11 +311,11 @@ impl UsersApi {
     #[oai(path = "/users/:id", method = "delete", operation_id = "deleteUser")]
     async fn delete_user(
         &self,
-        auth: ApiKeyAuth,
+        auth: Auth,
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
-    ) -> ApiResult<DeleteUserResponse, OneUserErrors> {
+    ) -> ApiResult<DeleteUserResponse, OneErrors> {
         auth.0.require(Scope::UsersWrite)?;
         store::users::delete(&state.db, id.0).await?;
         Ok(DeleteUserResponse::Deleted)

@@ -1,15 +1,23 @@
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// A permission an API key can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use super::fields::{FieldReader, bounded_text};
+use crate::error::FieldError;
+
+/// A permission an API key or access token can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, poem_openapi::Enum)]
 pub enum Scope {
     /// Read users (GET).
+    #[oai(rename = "users:read")]
     UsersRead,
     /// Create, replace, update and delete users.
+    #[oai(rename = "users:write")]
     UsersWrite,
-    /// Everything, including what later scopes will guard.
+    /// Everything: all user operations and API-key management.
+    #[oai(rename = "admin")]
     Admin,
 }
 
@@ -82,6 +90,67 @@ impl ScopeSet {
     pub fn allows(&self, needed: Scope) -> bool {
         self.0.contains(&needed) || self.0.contains(&Scope::Admin)
     }
+
+    /// Whether every scope of `other` is allowed here: a principal may only hand out what it holds.
+    pub fn covers(&self, other: &ScopeSet) -> bool {
+        other.0.iter().all(|scope| self.allows(*scope))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Scope> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// A key as a client asks for it over HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    pub name: String,
+    pub scopes: ScopeSet,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl NewApiKey {
+    pub const MAX_NAME_CHARS: usize = 100;
+
+    /// Reads a create-key body; `now` bounds `expires_at`, which must lie in the future.
+    pub fn from_json(body: &Value, now: DateTime<Utc>) -> Result<Self, Vec<FieldError>> {
+        let mut reader = FieldReader::new(body)?;
+        let name = reader.required("name", |raw| bounded_text(raw, Self::MAX_NAME_CHARS));
+        let scopes = reader.required_value("scopes", parse_scope_list);
+        let expires_at = reader
+            .string("expires_at", |raw| {
+                let at = DateTime::parse_from_rfc3339(raw)
+                    .map_err(|err| format!("must be an RFC 3339 date-time ({err})"))?
+                    .to_utc();
+                if at <= now {
+                    return Err("must lie in the future".into());
+                }
+                Ok(at)
+            })
+            .flatten();
+        let key = name.zip(scopes).map(|(name, scopes)| NewApiKey {
+            name,
+            scopes,
+            expires_at,
+        });
+        reader.finish(key)
+    }
+}
+
+fn parse_scope_list(value: &Value) -> Result<ScopeSet, String> {
+    let items = value.as_array().ok_or("must be an array of scope names")?;
+    if items.is_empty() {
+        return Err("must name at least one scope".into());
+    }
+    let scopes = items
+        .iter()
+        .map(|item| {
+            item.as_str()
+                .ok_or_else(|| "must contain only strings".to_owned())
+                .and_then(Scope::parse)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ScopeSet::new(scopes))
 }
 
 /// A freshly generated API key. The plaintext exists only in memory, long enough to be shown
@@ -170,6 +239,44 @@ mod tests {
     fn malformed_tokens_are_not_keys() {
         assert!(!ApiKeySecret::looks_like_key("uak_zz"));
         assert!(!ApiKeySecret::looks_like_key("eyJhbGciOi.eyJzdWIi.sig"));
+    }
+
+    #[test]
+    fn scope_names_in_the_spec_match_the_stored_names() {
+        use poem_openapi::types::ToJSON;
+        for scope in Scope::ALL {
+            assert_eq!(scope.to_json(), Some(serde_json::json!(scope.as_str())));
+        }
+    }
+
+    #[test]
+    fn new_keys_need_known_scopes_and_a_future_expiry() {
+        use serde_json::json;
+        let now = Utc::now();
+        let key = NewApiKey::from_json(
+            &json!({"name": "ci", "scopes": ["users:read", "users:read"]}),
+            now,
+        )
+        .unwrap();
+        assert_eq!(key.scopes.to_stored(), "users:read");
+        assert_eq!(key.expires_at, None);
+        let errors = NewApiKey::from_json(
+            &json!({"name": " ", "scopes": ["users:delete"], "expires_at": "2000-01-01T00:00:00Z"}),
+            now,
+        )
+        .unwrap_err();
+        let pointers: Vec<_> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/name", "/scopes", "/expires_at"]);
+        assert!(NewApiKey::from_json(&json!({"name": "x", "scopes": []}), now).is_err());
+    }
+
+    #[test]
+    fn a_principal_covers_only_what_it_holds() {
+        let writer = ScopeSet::new([Scope::UsersWrite]);
+        assert!(writer.covers(&ScopeSet::new([Scope::UsersWrite])));
+        assert!(!writer.covers(&ScopeSet::new([Scope::UsersRead])));
+        assert!(!writer.covers(&ScopeSet::new([Scope::Admin])));
+        assert!(ScopeSet::new([Scope::Admin]).covers(&ScopeSet::new(Scope::ALL)));
     }
 
     #[test]

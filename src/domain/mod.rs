@@ -2,8 +2,9 @@
 
 mod api_key;
 mod cursor;
+mod fields;
 mod user;
 
-pub use api_key::{ApiKeySecret, Scope, ScopeSet};
+pub use api_key::{ApiKeySecret, NewApiKey, Scope, ScopeSet};
 pub use cursor::Cursor;
 pub use user::{Email, NewUser, Role, UserChanges, UserName};

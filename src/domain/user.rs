@@ -1,6 +1,7 @@
 use email_address::{EmailAddress, Options};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::fields::{FieldReader, bounded_text};
 use crate::error::FieldError;
 
 /// A user's display name: 1..=100 characters after trimming, no control characters.
@@ -14,22 +15,6 @@ pub struct Role(String);
 /// A syntactically valid email address, as given (trimmed); compare by [`Email::key`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
-
-/// Trims `raw` and checks its length in characters (not bytes, so "José" is four).
-fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
-    let text = raw.trim();
-    let len = text.chars().count();
-    if len == 0 {
-        return Err("must not be blank".into());
-    }
-    if len > max {
-        return Err(format!("must be at most {max} characters, got {len}"));
-    }
-    if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(text.to_owned())
-}
 
 impl UserName {
     pub const MAX_CHARS: usize = 100;
@@ -99,82 +84,6 @@ pub struct UserChanges {
     pub name: Option<UserName>,
     pub role: Option<Role>,
     pub email: Option<Option<Email>>,
-}
-
-/// Collects every field problem in one pass, so a client fixes its request in one round trip.
-struct FieldReader<'a> {
-    object: &'a Map<String, Value>,
-    errors: Vec<FieldError>,
-}
-
-impl<'a> FieldReader<'a> {
-    fn new(body: &'a Value) -> Result<Self, Vec<FieldError>> {
-        match body {
-            Value::Object(object) => Ok(Self {
-                object,
-                errors: Vec::new(),
-            }),
-            _ => Err(vec![FieldError::new("", "the body must be a JSON object")]),
-        }
-    }
-
-    /// `None` when the member is absent; `Some(None)` when it is `null`.
-    fn string<T>(
-        &mut self,
-        name: &str,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<Option<T>> {
-        let value = self.object.get(name)?;
-        let outcome = match value {
-            Value::Null => return Some(None),
-            Value::String(text) => parse(text),
-            _ => Err("must be a string".into()),
-        };
-        match outcome {
-            Ok(parsed) => Some(Some(parsed)),
-            Err(message) => {
-                self.errors
-                    .push(FieldError::new(format!("/{name}"), message));
-                None
-            }
-        }
-    }
-
-    fn required<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        let present = self.object.contains_key(name);
-        match self.string(name, parse) {
-            Some(Some(parsed)) => Some(parsed),
-            Some(None) => {
-                self.errors
-                    .push(FieldError::new(format!("/{name}"), "must not be null"));
-                None
-            }
-            None if !present => {
-                self.errors
-                    .push(FieldError::new(format!("/{name}"), "is required"));
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn non_null<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        match self.string(name, parse)? {
-            Some(parsed) => Some(parsed),
-            None => {
-                self.errors
-                    .push(FieldError::new(format!("/{name}"), "must not be null"));
-                None
-            }
-        }
-    }
-
-    fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
-        match value {
-            Some(value) if self.errors.is_empty() => Ok(value),
-            _ => Err(self.errors),
-        }
-    }
 }
 
 impl NewUser {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
+
+use crate::domain::Cursor;
 use sea_orm::{
     ConnectOptions, Database, DatabaseConnection, DbErr,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
@@ -36,6 +38,26 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 /// Brings the schema up to date; safe to run on every start.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+/// One page of a listing in id order, and where the next one starts if there is one.
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<Cursor>,
+}
+
+impl<T> Page<T> {
+    /// From up to `limit + 1` rows: the extra row only tells that another page exists, which
+    /// spares a COUNT.
+    pub fn from_rows(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Self {
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|last| Cursor { after_id: id(last) })
+        } else {
+            None
+        };
+        Page { items: rows, next }
+    }
 }
 
 /// The current time at the precision every backend stores, so what a write returns equals

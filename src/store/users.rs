@@ -4,16 +4,11 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 
+use super::Page;
 use crate::{
     domain::{Cursor, NewUser, UserChanges},
     error::AppError,
 };
-
-/// One page of users in id order, and where the next one starts if there is one.
-pub struct Page {
-    pub users: Vec<Model>,
-    pub next: Option<Cursor>,
-}
 
 fn not_found(id: i64) -> AppError {
     AppError::NotFound {
@@ -38,20 +33,13 @@ pub async fn list(
     db: &DatabaseConnection,
     after: Option<Cursor>,
     limit: u64,
-) -> Result<Page, AppError> {
+) -> Result<Page<Model>, AppError> {
     let mut query = Entity::find().order_by_asc(Column::Id);
     if let Some(cursor) = after {
         query = query.filter(Column::Id.gt(cursor.after_id));
     }
-    // One extra row tells whether another page exists without a COUNT.
-    let mut users = query.limit(limit + 1).all(db).await?;
-    let next = if users.len() as u64 > limit {
-        users.truncate(limit as usize);
-        users.last().map(|last| Cursor { after_id: last.id })
-    } else {
-        None
-    };
-    Ok(Page { users, next })
+    let rows = query.limit(limit + 1).all(db).await?;
+    Ok(Page::from_rows(rows, limit, |user| user.id))
 }
 
 pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {
@@ -61,7 +49,12 @@ pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {
         .ok_or_else(|| not_found(id))
 }
 
-pub async fn create(db: &DatabaseConnection, user: NewUser) -> Result<Model, AppError> {
+/// `actor` is the audit name of the principal doing the write.
+pub async fn create(
+    db: &DatabaseConnection,
+    user: NewUser,
+    actor: &str,
+) -> Result<Model, AppError> {
     let now = super::now();
     ActiveModel {
         name: Set(user.name.as_str().to_owned()),
@@ -70,6 +63,8 @@ pub async fn create(db: &DatabaseConnection, user: NewUser) -> Result<Model, App
         email: Set(user.email.map(|e| e.as_str().to_owned())),
         created_at: Set(now),
         updated_at: Set(now),
+        created_by: Set(Some(actor.to_owned())),
+        updated_by: Set(Some(actor.to_owned())),
         ..Default::default()
     }
     .insert(db)
@@ -78,23 +73,30 @@ pub async fn create(db: &DatabaseConnection, user: NewUser) -> Result<Model, App
 }
 
 /// Full replace: every client-writable field takes the given value (an absent email clears it).
-pub async fn replace(db: &DatabaseConnection, id: i64, user: NewUser) -> Result<Model, AppError> {
+pub async fn replace(
+    db: &DatabaseConnection,
+    id: i64,
+    user: NewUser,
+    actor: &str,
+) -> Result<Model, AppError> {
     let changes = UserChanges {
         name: Some(user.name),
         role: Some(user.role),
         email: Some(user.email),
     };
-    update(db, id, changes).await
+    update(db, id, changes, actor).await
 }
 
 pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     changes: UserChanges,
+    actor: &str,
 ) -> Result<Model, AppError> {
     let mut row = ActiveModel {
         id: sea_orm::ActiveValue::Unchanged(id),
         updated_at: Set(super::now()),
+        updated_by: Set(Some(actor.to_owned())),
         ..Default::default()
     };
     if let Some(name) = changes.name {

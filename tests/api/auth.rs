@@ -3,8 +3,17 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestDb, assert_problem, spawn_app, start};
 
+/// RFC 6750: a bare challenge when no credentials came, `invalid_token` when bad ones did.
 fn assert_bearer_challenge(response: &reqwest::Response) {
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
+}
+
+fn assert_invalid_token(response: &reqwest::Response) {
+    let challenge = response.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with(r#"Bearer error="invalid_token", error_description=""#),
+        "{challenge}"
+    );
 }
 
 #[tokio::test]
@@ -28,12 +37,13 @@ async fn data_endpoints_need_a_valid_key() {
         assert_bearer_challenge(&bare);
         assert_problem(bare, 401).await;
 
-        for authorization in [
-            "Basic YWxpY2U6c2VjcmV0".to_owned(),
-            "Bearer".to_owned(),
-            "Bearer not-a-key".to_owned(),
-            format!("Bearer uak_{}", "0".repeat(40)),
-            format!("bearer {}x", app.key),
+        for (authorization, credentials_sent) in [
+            ("Basic YWxpY2U6c2VjcmV0".to_owned(), false),
+            ("Bearer".to_owned(), false),
+            ("Bearer not-a-key".to_owned(), true),
+            (format!("Bearer uak_{}", "0".repeat(40)), true),
+            (format!("bearer {}x", app.key), true),
+            ("Bearer a.b.c".to_owned(), true),
         ] {
             let response = app
                 .client
@@ -44,9 +54,19 @@ async fn data_endpoints_need_a_valid_key() {
                 .send()
                 .await
                 .unwrap();
-            assert_bearer_challenge(&response);
+            let kind = if credentials_sent {
+                assert_invalid_token(&response);
+                "invalid-token"
+            } else {
+                assert_bearer_challenge(&response);
+                "unauthorized"
+            };
             let problem = assert_problem(response, 401).await;
-            assert_eq!(problem["type"], "urn:users-api:problem:unauthorized");
+            assert_eq!(
+                problem["type"],
+                format!("urn:users-api:problem:{kind}"),
+                "{authorization}"
+            );
         }
     }
     // Nothing was created by any of those attempts.
@@ -78,6 +98,10 @@ async fn scopes_limit_what_a_key_can_do() {
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        denied.headers()["www-authenticate"],
+        r#"Bearer error="insufficient_scope", scope="users:write""#
+    );
     let problem = assert_problem(denied, 403).await;
     assert_eq!(
         problem["detail"],
@@ -145,8 +169,9 @@ async fn a_key_revoked_while_the_server_runs_stops_working() {
         .send()
         .await
         .unwrap();
-    assert_bearer_challenge(&refused);
-    assert_problem(refused, 401).await;
+    assert_invalid_token(&refused);
+    let problem = assert_problem(refused, 401).await;
+    assert_eq!(problem["detail"], "the API key has been revoked");
     // Other keys are unaffected.
     assert_eq!(app.list_users("").await.status(), 200);
 }

@@ -60,9 +60,9 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
             let id = operation["operationId"].as_str().unwrap();
             operation_ids.push(id.to_owned());
             assert_eq!(
-                operation["security"][0]["ApiKey"],
-                serde_json::json!([]),
-                "{method} {path}"
+                operation["security"],
+                serde_json::json!([{"ApiKey": []}, {"OAuth2": []}]),
+                "{method} {path} accepts either credential"
             );
             assert!(
                 !operation["summary"].as_str().unwrap_or("").is_empty(),
@@ -83,16 +83,23 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
     assert_eq!(
         operation_ids,
         [
+            "createApiKey",
             "createUser",
             "deleteUser",
+            "getApiKey",
             "getUser",
+            "listApiKeys",
             "listUsers",
             "replaceUser",
+            "revokeApiKey",
             "updateUser"
         ]
     );
+    let oauth = &spec["components"]["securitySchemes"]["OAuth2"];
+    assert_eq!(oauth["type"], "oauth2");
+    assert!(oauth["flows"]["clientCredentials"]["scopes"]["users:read"].is_string());
     let user = &spec["components"]["schemas"]["User"]["properties"];
-    for field in ["id", "created_at", "updated_at"] {
+    for field in ["id", "created_at", "updated_at", "created_by", "updated_by"] {
         assert_eq!(user[field]["readOnly"], true, "{field} is read-only");
     }
 }

@@ -1,0 +1,136 @@
+//! Reading a JSON request body member by member, collecting every problem in one pass.
+
+use serde_json::{Map, Value};
+
+use crate::error::FieldError;
+
+/// Collects every field problem in one pass, so a client fixes its request in one round trip.
+pub struct FieldReader<'a> {
+    object: &'a Map<String, Value>,
+    errors: Vec<FieldError>,
+}
+
+impl<'a> FieldReader<'a> {
+    pub fn new(body: &'a Value) -> Result<Self, Vec<FieldError>> {
+        match body {
+            Value::Object(object) => Ok(Self {
+                object,
+                errors: Vec::new(),
+            }),
+            _ => Err(vec![FieldError::new("", "the body must be a JSON object")]),
+        }
+    }
+
+    fn reject(&mut self, name: &str, message: impl Into<String>) {
+        self.errors
+            .push(FieldError::new(format!("/{name}"), message));
+    }
+
+    /// `None` when the member is absent or invalid (the error is recorded); `Some(None)` when
+    /// it is `null`.
+    pub fn value<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&Value) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        let value = self.object.get(name)?;
+        if value.is_null() {
+            return Some(None);
+        }
+        match parse(value) {
+            Ok(parsed) => Some(Some(parsed)),
+            Err(message) => {
+                self.reject(name, message);
+                None
+            }
+        }
+    }
+
+    /// Like [`Self::value`], for a member that must be a JSON string.
+    pub fn string<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        self.value(name, |value| match value {
+            Value::String(text) => parse(text),
+            _ => Err("must be a string".into()),
+        })
+    }
+
+    /// A string member that must be present and not null.
+    pub fn required<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let present = self.object.contains_key(name);
+        let read = self.string(name, parse);
+        self.present_and_non_null(name, present, read)
+    }
+
+    /// A member of any JSON type that must be present and not null.
+    pub fn required_value<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&Value) -> Result<T, String>,
+    ) -> Option<T> {
+        let present = self.object.contains_key(name);
+        let read = self.value(name, parse);
+        self.present_and_non_null(name, present, read)
+    }
+
+    /// A string member that may be absent but not null.
+    pub fn non_null<T>(
+        &mut self,
+        name: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let read = self.string(name, parse)?;
+        self.present_and_non_null(name, true, Some(read))
+    }
+
+    fn present_and_non_null<T>(
+        &mut self,
+        name: &str,
+        present: bool,
+        read: Option<Option<T>>,
+    ) -> Option<T> {
+        match read {
+            Some(Some(parsed)) => Some(parsed),
+            Some(None) => {
+                self.reject(name, "must not be null");
+                None
+            }
+            None if !present => {
+                self.reject(name, "is required");
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The parsed value if no member was rejected, else every rejection.
+    pub fn finish<T>(self, value: Option<T>) -> Result<T, Vec<FieldError>> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(self.errors),
+        }
+    }
+}
+
+/// Trims `raw` and checks its length in characters (not bytes, so "José" is four).
+pub fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
+    let text = raw.trim();
+    let len = text.chars().count();
+    if len == 0 {
+        return Err("must not be blank".into());
+    }
+    if len > max {
+        return Err(format!("must be at most {max} characters, got {len}"));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(text.to_owned())
+}
