@@ -96,6 +96,33 @@ pub struct DbArgs {
     /// Log format: `pretty` for people, `json` for log collectors.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+    /// Most connections this process keeps open to the database.
+    #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// How long a request waits for a free (or new) connection before it gets a 503, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "DB_ACQUIRE_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub db_acquire_timeout_secs: u64,
+    /// PostgreSQL aborts any statement running longer than this, in seconds (0: no limit).
+    #[arg(
+        long,
+        global = true,
+        env = "DB_STATEMENT_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub db_statement_timeout_secs: u64,
+    /// At start, how long to keep retrying a database that is not up yet, in seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "DB_STARTUP_WAIT_SECS",
+        default_value_t = 60
+    )]
+    pub db_startup_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Args)]

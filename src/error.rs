@@ -99,8 +99,41 @@ fn quoted_string_safe(text: &str) -> String {
 }
 
 impl From<DbErr> for AppError {
+    /// Losing the database is an outage to wait out (503), not a bug (500).
     fn from(err: DbErr) -> Self {
-        AppError::Database(err)
+        if is_transient(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            AppError::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            AppError::Database(err)
+        }
+    }
+}
+
+/// Whether a database error means "not reachable right now" rather than "this query is wrong".
+pub fn is_transient(err: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            match sqlx.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::Protocol(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed => true,
+                // SQLSTATE classes 08 (connection exception), 53 (insufficient resources) and
+                // 57 (operator intervention: shutdown, statement timeout).
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    ["08", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
     }
 }
 

@@ -20,15 +20,13 @@ async fn main() -> ExitCode {
             None => startup::serve(&db, &serve).await,
             Some(Command::Serve(serve)) => startup::serve(&db, &serve).await,
             Some(Command::Migrate) => {
-                startup::open_database(&db.database_url)
-                    .await?
-                    .close()
-                    .await?;
+                let (conn, ()) = startup::open_database(&db, async |_| Ok(())).await?;
+                conn.close().await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
             Some(Command::Keys { command }) => {
-                let conn = startup::open_database(&db.database_url).await?;
+                let (conn, ()) = startup::open_database(&db, async |_| Ok(())).await?;
                 cli::keys(&conn, command).await?;
                 conn.close().await?;
                 Ok(())

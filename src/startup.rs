@@ -1,6 +1,11 @@
 //! Building the application and running the server.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use poem::{
     Endpoint, EndpointExt, Route, Server, get, handler,
@@ -8,7 +13,7 @@ use poem::{
     middleware::CatchPanic,
     web::Redirect,
 };
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::DatabaseConnection;
 
 use crate::{
     api::{self, API_PREFIX, edge::edge},
@@ -54,11 +59,47 @@ pub fn app(state: AppState) -> impl Endpoint {
         .around(edge)
 }
 
-/// Connects and migrates: what every command touching the database does first.
-pub async fn open_database(url: &str) -> Result<DatabaseConnection, DbErr> {
-    let db = store::connect(url).await?;
-    store::migrate(&db).await?;
-    Ok(db)
+/// Connects, migrates, then runs `first_start` under the migration lock: what every command
+/// touching the database does first. A database that is not up yet (or briefly unreachable) is
+/// retried with backoff until `--db-startup-wait-secs` runs out, each failure logged.
+pub async fn open_database<T>(
+    args: &DbArgs,
+    first_start: impl AsyncFn(&DatabaseConnection) -> Result<T, AppError>,
+) -> Result<(DatabaseConnection, T), AppError> {
+    let deadline = Instant::now() + Duration::from_secs(args.db_startup_wait_secs);
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        let outcome = match store::connect(args).await {
+            Ok(db) => store::migrate(&db, async |db| first_start(db).await)
+                .await
+                .map(|value| (db, value)),
+            Err(err) => Err(AppError::from(err)),
+        };
+        match outcome {
+            Err(AppError::Unavailable(reason)) if Instant::now() + delay < deadline => {
+                tracing::warn!(
+                    attempt,
+                    retry_in_ms = delay.as_millis() as u64,
+                    %reason,
+                    "database not reachable yet; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(AppError::Unavailable(reason)) => {
+                return Err(AppError::Unavailable(format!(
+                    "gave up on the database after {attempt} attempts: {reason}"
+                )));
+            }
+            other => {
+                if attempt > 1 && other.is_ok() {
+                    tracing::info!(attempt, "database reachable");
+                }
+                return other;
+            }
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to the grace
@@ -69,7 +110,6 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         // Before the spec is first built, which reads it.
         let _ = OAUTH_FLOW_URLS.set(urls);
     }
-    let db = open_database(&db_args.database_url).await?;
     let oauth = match oauth_settings {
         Some(settings) => {
             tracing::info!(issuer = %settings.issuer, audience = %settings.audience, "accepting OAuth access tokens");
@@ -83,7 +123,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         .first()
         .and_then(|addr| addr.as_socket_addr().copied())
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
-    bootstrap_admin_key(&db, addr).await?;
+    let (db, ()) = open_database(db_args, async |db| bootstrap_admin_key(db, addr).await).await?;
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
 
     let key_usage = KeyUsage::default();

@@ -17,8 +17,8 @@ fn drop(table: impl IntoIden + Clone, column: impl IntoIden) -> TableAlterStatem
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for statement in [
-            add(Users::Table, string_len_null(Users::CreatedBy, 300)),
-            add(Users::Table, string_len_null(Users::UpdatedBy, 300)),
+            add(Users::Table, text_null(Users::CreatedBy)),
+            add(Users::Table, text_null(Users::UpdatedBy)),
             add(
                 ApiKeys::Table,
                 timestamp_with_time_zone_null(ApiKeys::ExpiresAt),
@@ -27,7 +27,7 @@ impl MigrationTrait for Migration {
                 ApiKeys::Table,
                 timestamp_with_time_zone_null(ApiKeys::LastUsedAt),
             ),
-            add(ApiKeys::Table, string_len_null(ApiKeys::CreatedBy, 300)),
+            add(ApiKeys::Table, text_null(ApiKeys::CreatedBy)),
         ] {
             manager.alter_table(statement).await?;
         }

@@ -157,6 +157,9 @@ impl Problem {
         {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read, so the connection cannot carry another
             // request; saying so keeps clients from reusing it and failing their next call.

@@ -8,22 +8,28 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 
-use crate::domain::Cursor;
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbErr,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
+
+use crate::{config::DbArgs, domain::Cursor, error::AppError};
 
 /// Opens the pool. For SQLite: the file is created if missing, WAL lets readers proceed
 /// beside the single writer, `synchronous=FULL` makes every acknowledged commit durable
 /// (even across power loss), the busy timeout queues writers instead of failing them, and
-/// foreign keys are enforced as on other backends.
-pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
-    let mut options = ConnectOptions::new(url);
+/// foreign keys are enforced as on other backends. For PostgreSQL: a statement timeout keeps a
+/// stuck query from holding a connection forever.
+pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(&settings.database_url);
+    let acquire = Duration::from_secs(settings.db_acquire_timeout_secs.max(1));
     options
         .sqlx_logging(false)
-        .max_connections(16)
-        .acquire_timeout(Duration::from_secs(5))
+        // Two at least: start-up holds one for the migration lock while migrating on another.
+        .max_connections(settings.db_max_connections.max(2))
+        .acquire_timeout(acquire)
+        .connect_timeout(acquire)
         .map_sqlx_sqlite_opts(|sqlite| {
             sqlite
                 .create_if_missing(true)
@@ -32,13 +38,38 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
         });
+    if settings.db_statement_timeout_secs > 0 {
+        options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
+    }
     Database::connect(options).await
 }
 
-/// Brings the schema up to date; safe to run on every start.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+/// Brings the schema up to date; safe to run on every start, and from several instances at
+/// once: on PostgreSQL an advisory lock makes them take turns, so each migration runs once.
+/// `then` runs under the same lock (first-start work such as the bootstrap key).
+pub async fn migrate<T>(
+    db: &DatabaseConnection,
+    then: impl AsyncFnOnce(&DatabaseConnection) -> Result<T, AppError>,
+) -> Result<T, AppError> {
+    let lock = match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let txn = db.begin().await?;
+            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+                .await?;
+            Some(txn)
+        }
+        _ => None,
+    };
+    Migrator::up(db, None).await?;
+    let outcome = then(db).await;
+    if let Some(txn) = lock {
+        txn.commit().await?;
+    }
+    outcome
 }
+
+/// An arbitrary constant naming the migration lock among the database's advisory locks.
+const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069; // "usersapi"
 
 /// One page of a listing in id order, and where the next one starts if there is one.
 pub struct Page<T> {

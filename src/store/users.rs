@@ -24,7 +24,7 @@ fn write_error(err: DbErr) -> AppError {
         Some(SqlErr::UniqueConstraintViolation(_)) => {
             AppError::Conflict("another user already has this email address".into())
         }
-        _ => AppError::Database(err),
+        _ => AppError::from(err),
     }
 }
 

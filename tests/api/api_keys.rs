@@ -5,14 +5,6 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_problem, spawn_app, start};
 
-async fn create_key(app: &TestApp, body: &Value) -> reqwest::Response {
-    app.request(Method::POST, "/api/v1/api-keys")
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn with_key(app: &TestApp, key: &str, method: Method, path: &str) -> reqwest::Response {
     app.client
         .request(method, app.url(path))
@@ -25,11 +17,9 @@ async fn with_key(app: &TestApp, key: &str, method: Method, path: &str) -> reqwe
 #[tokio::test]
 async fn keys_are_managed_over_http_and_secrets_shown_once() {
     let app = spawn_app().await;
-    let response = create_key(
-        &app,
-        &json!({"name": "ci-reader", "scopes": ["users:read"]}),
-    )
-    .await;
+    let response = app
+        .create_api_key(&json!({"name": "ci-reader", "scopes": ["users:read"]}))
+        .await;
     assert_eq!(response.status(), 201);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let created: Value = response.json().await.unwrap();
@@ -157,14 +147,12 @@ async fn keys_are_managed_over_http_and_secrets_shown_once() {
 async fn expired_keys_are_refused() {
     let app = spawn_app().await;
     let soon = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
-    let created: Value = create_key(
-        &app,
-        &json!({"name": "short", "scopes": ["users:read"], "expires_at": soon}),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let created: Value = app
+        .create_api_key(&json!({"name": "short", "scopes": ["users:read"], "expires_at": soon}))
+        .await
+        .json()
+        .await
+        .unwrap();
     let secret = created["key"].as_str().unwrap();
     assert_eq!(
         with_key(&app, secret, Method::GET, "/api/v1/users")
@@ -197,7 +185,7 @@ async fn key_requests_are_validated_and_need_admin() {
             "/expires_at",
         ),
     ] {
-        let problem = assert_problem(create_key(&app, &body).await, 422).await;
+        let problem = assert_problem(app.create_api_key(&body).await, 422).await;
         assert_eq!(problem["errors"][0]["pointer"], pointer, "{body}");
     }
     let (_, writer) = app.db.create_key(&["users:read", "users:write"]);

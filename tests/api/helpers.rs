@@ -14,17 +14,81 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_users-api");
 
-/// A database that outlives server processes, so a test can restart the server on it.
+/// Which database the suite runs against; each test binary sets `crate::BACKEND`, so each
+/// constructs only one variant.
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the PostgreSQL suite creates its databases (it needs CREATE DATABASE rights).
+fn postgres_admin_url() -> String {
+    std::env::var("USERS_API_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Runs one statement as the PostgreSQL admin, on a thread of its own so that it works from
+/// sync code (`Drop`) and async tests alike.
+fn postgres_admin(sql: String) {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use sea_orm::ConnectionTrait;
+            let url = postgres_admin_url();
+            let db = sea_orm::Database::connect(&url)
+                .await
+                .unwrap_or_else(|err| {
+                    panic!(
+                        "PostgreSQL is not reachable at {url} ({err}). Start it (for example \
+                     `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`) \
+                     or run only the SQLite suite: `cargo test --lib --test api`"
+                    )
+                });
+            db.execute_unprepared(&sql).await.unwrap();
+            db.close().await.unwrap();
+        })
+    })
+    .join()
+    .expect("PostgreSQL admin statement");
+}
+
+/// A fresh database that outlives server processes, so a test can restart the server on it:
+/// a temp SQLite file, or a PostgreSQL database of its own, dropped afterwards.
 pub struct TestDb {
-    _dir: TempDir,
+    _dir: Option<TempDir>,
     pub url: String,
+    postgres_name: Option<String>,
 }
 
 impl TestDb {
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("users.db").display());
-        Self { _dir: dir, url }
+        match crate::BACKEND {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("users.db").display());
+                Self {
+                    _dir: Some(dir),
+                    url,
+                    postgres_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("users_api_test_{}", uuid::Uuid::new_v4().simple());
+                postgres_admin(format!("CREATE DATABASE {name}"));
+                let admin = postgres_admin_url();
+                let base = admin.rsplit_once('/').expect("a database URL").0;
+                Self {
+                    _dir: None,
+                    url: format!("{base}/{name}"),
+                    postgres_name: Some(name),
+                }
+            }
+        }
     }
 
     /// Runs a CLI subcommand against this database.
@@ -59,9 +123,29 @@ impl TestDb {
     }
 }
 
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.postgres_name {
+            postgres_admin(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
 fn command() -> Command {
     let mut command = Command::new(BIN);
-    for var in ["DATABASE_URL", "BIND", "LOG_FORMAT", "MAX_BODY_BYTES"] {
+    for var in [
+        "DATABASE_URL",
+        "BIND",
+        "LOG_FORMAT",
+        "MAX_BODY_BYTES",
+        "DB_MAX_CONNECTIONS",
+        "DB_ACQUIRE_TIMEOUT_SECS",
+        "DB_STATEMENT_TIMEOUT_SECS",
+        "DB_STARTUP_WAIT_SECS",
+        "OAUTH_ISSUER",
+        "OAUTH_AUDIENCE",
+        "OAUTH_JWKS_URL",
+    ] {
         command.env_remove(var);
     }
     command.env("RUST_LOG", "info");
@@ -92,16 +176,15 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 
 /// Starts a server on an existing database.
 pub async fn start(db: Arc<TestDb>, key: String, extra: &[&str]) -> TestApp {
+    let url = db.url.clone();
+    start_via(db, key, &url, extra).await
+}
+
+/// Starts a server on an existing database reached at `url` (through a proxy, say).
+pub async fn start_via(db: Arc<TestDb>, key: String, url: &str, extra: &[&str]) -> TestApp {
     let mut child = command()
-        .args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--database-url",
-        ])
-        .arg(&db.url)
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--database-url", url])
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -212,6 +295,14 @@ impl TestApp {
 
     pub async fn delete_user(&self, id: i64) -> Response {
         self.request(Method::DELETE, &format!("/api/v1/users/{id}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn create_api_key(&self, body: &Value) -> Response {
+        self.request(Method::POST, "/api/v1/api-keys")
+            .json(body)
             .send()
             .await
             .unwrap()

@@ -1,9 +1,14 @@
-//! Integration tests: the real binary over HTTP. One module per concern.
+//! Integration tests on the embedded SQLite default: the real binary over HTTP. The same modules
+//! run against PostgreSQL in `tests/postgres`.
+
+const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 mod api_keys;
 mod auth;
 mod errors;
 mod helpers;
 mod oauth;
+mod scale_out;
 mod spec;
+mod sqlite;
 mod users;

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestDb, assert_problem, spawn_app, start};
+use crate::helpers::{assert_problem, spawn_app, start};
 
 #[tokio::test]
 async fn tutorial_curl_sequence_works() {
@@ -362,27 +362,6 @@ async fn data_survives_a_restart() {
     assert_eq!(next["id"], user["id"].as_i64().unwrap() + 1);
     // A restart on a database that has keys must not mint (or print) another one.
     assert!(!app.stdout().contains("uak_"));
-}
-
-#[tokio::test]
-async fn the_database_file_is_created_when_missing() {
-    let db = TestDb::new();
-    let path = std::path::PathBuf::from(db.url.trim_start_matches("sqlite://"));
-    assert!(!path.exists());
-    db.cli(&["migrate"]);
-    assert!(path.exists());
-}
-
-#[tokio::test]
-async fn sqlite_runs_in_wal_mode() {
-    let app = spawn_app().await;
-    app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
-    // The write-ahead log sits beside the database file while the server has it open.
-    let wal = format!("{}-wal", app.db.url.trim_start_matches("sqlite://"));
-    assert!(
-        std::path::Path::new(&wal).exists(),
-        "{wal} should exist in WAL mode"
-    );
 }
 
 #[tokio::test]
