@@ -51,7 +51,7 @@ pub async fn keys(db: &DatabaseConnection, command: KeysCommand) -> Result<(), A
             println!("ID\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tREVOKED\tNAME");
             let mut after = None;
             loop {
-                let page = store::api_keys::list(db, after, 200).await?;
+                let page = store::api_keys::list(db, after.as_ref(), 200).await?;
                 for key in &page.items {
                     let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
                         at.map_or("-".to_owned(), |at| at.to_rfc3339())

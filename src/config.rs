@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run migrations, then serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run database migrations and exit.
     Migrate,
     /// Print the OpenAPI spec (JSON unless --yaml).
@@ -139,6 +139,41 @@ pub struct ServeArgs {
     /// How often API-key `last_used_at` times are written to the database, in seconds.
     #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
     pub key_usage_flush_secs: u64,
+    /// Require `If-Match` on PUT, PATCH and DELETE of users (428 without it).
+    #[arg(long, env = "REQUIRE_IF_MATCH")]
+    pub require_if_match: bool,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    pub idempotency_ttl_secs: u64,
+    /// Requests per window per API key or token subject; 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 1200)]
+    pub rate_limit: u64,
+    /// Requests per window per client IP without valid credentials; 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT_ANONYMOUS", default_value_t = 120)]
+    pub rate_limit_anonymous: u64,
+    /// The rate-limit window, in seconds.
+    #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
+    pub rate_limit_window_secs: u64,
+    /// How often this instance shares its rate-limit counts with the others, in milliseconds.
+    #[arg(long, env = "RATE_LIMIT_SYNC_MS", default_value_t = 500)]
+    pub rate_limit_sync_ms: u64,
+    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    pub trust_forwarded_for: bool,
+    /// Longest time a request may take before it is answered with a 503, in seconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`;
+    /// repeat or comma-separate. None by default: CORS off.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "CORS_ALLOW_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origins: Vec<String>,
+    /// If set, `GET /metrics` needs `Authorization: Bearer <this token>`.
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     #[command(flatten)]
     pub oauth: OAuthArgs,
 }

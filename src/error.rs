@@ -27,6 +27,17 @@ impl FieldError {
 pub enum AppError {
     #[error("{resource} {id} does not exist")]
     NotFound { resource: &'static str, id: i64 },
+    /// `If-Match` named a version that is no longer current.
+    #[error("the resource has changed since the ETag in `If-Match` was issued; fetch it again")]
+    PreconditionFailed,
+    /// The server requires `If-Match` on this write and it was missing.
+    #[error("this write needs an `If-Match` header with the resource's current ETag")]
+    PreconditionRequired,
+    /// An `Idempotency-Key` was reused with a different request body.
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("too many requests; retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     #[error("{0}")]
     Conflict(String),
     #[error("the request body failed validation")]
@@ -57,6 +68,10 @@ impl AppError {
     pub fn kind(&self) -> &'static str {
         match self {
             AppError::NotFound { .. } => "not-found",
+            AppError::PreconditionFailed => "precondition-failed",
+            AppError::PreconditionRequired => "precondition-required",
+            AppError::IdempotencyKeyReused => "idempotency-key-reused",
+            AppError::RateLimited { .. } => "rate-limited",
             AppError::Conflict(_) => "conflict",
             AppError::Validation(_) => "validation-error",
             AppError::BadRequest(_) => "bad-request",
@@ -141,6 +156,10 @@ impl ResponseError for AppError {
     fn status(&self) -> StatusCode {
         match self {
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            AppError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,

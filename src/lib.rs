@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
+pub mod rate_limit;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

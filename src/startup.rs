@@ -8,19 +8,24 @@ use std::{
 };
 
 use poem::{
-    Endpoint, EndpointExt, Route, Server, get, handler,
+    Endpoint, EndpointExt, Route, Server, get,
+    http::Method,
     listener::{Acceptor, Listener, TcpListener},
-    middleware::CatchPanic,
-    web::Redirect,
+    middleware::{CatchPanic, Cors},
 };
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    api::{self, API_PREFIX, edge::edge},
+    api::{
+        self, API_PREFIX,
+        edge::{edge, render_errors},
+    },
     auth::{OAUTH_FLOW_URLS, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
     domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
+    metrics::Metrics,
+    rate_limit::{Limits, RateLimiter},
     store,
 };
 
@@ -32,18 +37,40 @@ pub struct AppState {
     /// Present when OAuth access tokens are accepted.
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
+    pub policy: Arc<Policy>,
+    /// Present unless every rate limit is off.
+    pub limiter: Option<Arc<RateLimiter>>,
+    pub metrics: Arc<Metrics>,
 }
 
-#[handler]
-fn to_docs() -> Redirect {
-    Redirect::see_other("/docs")
+/// Settings of HTTP behaviour, from the command line.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub require_if_match: bool,
+    pub idempotency_ttl: chrono::Duration,
+    pub request_timeout: Duration,
+    pub trust_forwarded_for: bool,
+    pub metrics_token: Option<String>,
+    pub cors_allow_origins: Vec<String>,
+}
+
+impl Policy {
+    pub fn from_args(args: &ServeArgs) -> Self {
+        Policy {
+            require_if_match: args.require_if_match,
+            idempotency_ttl: chrono::Duration::seconds(args.idempotency_ttl_secs.max(1) as i64),
+            request_timeout: Duration::from_secs(args.request_timeout_secs.max(1)),
+            trust_forwarded_for: args.trust_forwarded_for,
+            metrics_token: args.metrics_token.clone().filter(|t| !t.is_empty()),
+            cors_allow_origins: args.cors_allow_origins.clone(),
+        }
+    }
 }
 
 /// The whole HTTP application: API, spec, docs, and the edge every request passes.
 pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
-    Route::new()
-        .at("/", get(to_docs))
+    let routes = Route::new()
         .nest("/docs", service.swagger_ui())
         .at(
             format!("{API_PREFIX}/openapi.json"),
@@ -53,10 +80,47 @@ pub fn app(state: AppState) -> impl Endpoint {
             format!("{API_PREFIX}/openapi.yaml"),
             get(service.spec_endpoint_yaml()),
         )
-        .nest(API_PREFIX, service)
-        .data(state)
+        .nest_no_strip("/", service)
+        .data(state.clone())
         .with(CatchPanic::new())
-        .around(edge)
+        .around(render_errors);
+    let cors = (!state.policy.cors_allow_origins.is_empty()).then(|| cors(&state.policy));
+    routes
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .around(move |next, request| edge(next, request, state.clone()))
+}
+
+/// CORS for the configured origins only; what browsers may send and read is what the API uses.
+fn cors(policy: &Policy) -> Cors {
+    Cors::new()
+        .allow_origins(policy.cors_allow_origins.iter().map(String::as_str))
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "if-match",
+            "if-none-match",
+            "idempotency-key",
+            "x-request-id",
+        ])
+        .expose_headers([
+            "etag",
+            "location",
+            "link",
+            "retry-after",
+            "ratelimit-limit",
+            "ratelimit-remaining",
+            "ratelimit-reset",
+            "idempotent-replayed",
+            "x-request-id",
+        ])
+        .max_age(600)
 }
 
 /// Connects, migrates, then runs `first_start` under the migration lock: what every command
@@ -131,11 +195,26 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         db.clone(),
         Duration::from_secs(args.key_usage_flush_secs.max(1)),
     );
+    let limits = Limits {
+        per_principal: args.rate_limit,
+        per_ip: args.rate_limit_anonymous,
+        window: Duration::from_secs(args.rate_limit_window_secs.max(1)),
+        sync: Duration::from_millis(args.rate_limit_sync_ms.max(10)),
+    };
+    let limiter = (limits.per_principal > 0 || limits.per_ip > 0).then(|| {
+        let limiter = Arc::new(RateLimiter::new(db.clone(), limits));
+        limiter.spawn_syncer();
+        limiter
+    });
+    spawn_idempotency_purge(db.clone());
     let state = AppState {
         db: db.clone(),
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
+        policy: Arc::new(Policy::from_args(args)),
+        limiter,
+        metrics: Arc::new(Metrics::new()),
     };
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
@@ -148,6 +227,23 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     db.close().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Expired idempotency records are dropped hourly (a reused key also drops its own).
+fn spawn_idempotency_purge(db: DatabaseConnection) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            ticker.tick().await;
+            match store::idempotency::purge_expired(&db).await {
+                Ok(purged) if purged > 0 => {
+                    tracing::info!(purged, "expired idempotency keys purged")
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "could not purge idempotency keys"),
+            }
+        }
+    });
 }
 
 /// A newcomer's first `cargo run` must end with a usable key, so a database without any key

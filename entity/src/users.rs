@@ -19,6 +19,10 @@ pub struct Model {
     pub created_by: Option<String>,
     /// Who last changed the user, in the same form.
     pub updated_by: Option<String>,
+    /// Incremented by every write; the strong ETag and the `If-Match` check are built on it.
+    pub version: i64,
+    /// `name` lowercased (Unicode-aware): what `q` searches and `sort=name` orders by.
+    pub name_search: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

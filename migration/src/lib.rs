@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_users;
 mod m20261124_000002_create_api_keys;
 mod m20261124_000003_audit_and_key_lifecycle;
+mod m20261124_000004_http_semantics;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_users::Migration),
             Box::new(m20261124_000002_create_api_keys::Migration),
             Box::new(m20261124_000003_audit_and_key_lifecycle::Migration),
+            Box::new(m20261124_000004_http_semantics::Migration),
         ]
     }
 }

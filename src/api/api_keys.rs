@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     auth::Auth,
-    domain::{NewApiKey, Scope, ScopeSet},
+    domain::{ListQuery, NewApiKey, Scope, ScopeSet},
     error::{AppError, FieldError},
     startup::AppState,
     store,
@@ -175,7 +175,7 @@ pub enum RevokeApiKeyResponse {
 /// API-key management.
 pub struct ApiKeysApi;
 
-#[OpenApi(tag = "ApiTags::ApiKeys")]
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::ApiKeys")]
 impl ApiKeysApi {
     /// List API keys
     ///
@@ -195,8 +195,8 @@ impl ApiKeysApi {
         cursor: Query<Option<String>>,
     ) -> ApiResult<ListApiKeysResponse, ListErrors> {
         auth.0.require(Scope::Admin)?;
-        let after = super::parse_cursor(cursor.0.as_deref())?;
-        let page = store::api_keys::list(&state.db, after, limit.0).await?;
+        let after = super::parse_cursor(cursor.0.as_deref(), &ListQuery::default())?;
+        let page = store::api_keys::list(&state.db, after.as_ref(), limit.0).await?;
         Ok(ListApiKeysResponse::Ok(Json(ApiKeyPage {
             items: page
                 .items
@@ -220,7 +220,7 @@ impl ApiKeysApi {
     ) -> ApiResult<CreateApiKeyResponse, CreateErrors> {
         let principal = auth.0;
         principal.require(Scope::Admin)?;
-        let new_key = body.0;
+        let new_key = body.value;
         if !principal.scopes.covers(&new_key.scopes) {
             return Err(AppError::Validation(vec![FieldError::new(
                 "/scopes",

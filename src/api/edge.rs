@@ -1,22 +1,57 @@
-//! What every request passes through on its way in and out: a request id, one log line, and
-//! the rendering of every error, the framework's own included, as a problem.
+//! What every request passes through on its way in and out: a request id, limits (headers,
+//! rate, time), security headers, one log line and one metrics observation, and the rendering
+//! of every error, the framework's own included, as a problem.
 
-use std::time::Instant;
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use poem::{
     Endpoint, IntoResponse, Request, Response,
-    http::{HeaderValue, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
 };
+use poem_openapi::OperationId;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem};
+use crate::{
+    error::AppError,
+    rate_limit::{Bucket, Decision},
+    startup::AppState,
+};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// The id a request is known by, attached to the request for handlers that want it.
+/// The id a request is known by, attached to the request for whatever needs it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// Where a request came from: the peer, or with `--trust-forwarded-for` the first
+/// `X-Forwarded-For` hop.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// Filled by whoever counts the request against a rate limit; read to set `RateLimit-*`.
+#[derive(Debug, Clone, Default)]
+pub struct RateLimitSlot(Arc<Mutex<Option<Decision>>>);
+
+impl RateLimitSlot {
+    pub fn set(&self, decision: Decision) {
+        *self.0.lock().expect("slot lock") = Some(decision);
+    }
+
+    fn get(&self) -> Option<Decision> {
+        *self.0.lock().expect("slot lock")
+    }
+}
+
+/// Beyond these, a request's headers are refused with 431 (hyper's own limit, 100 headers,
+/// would answer without a problem body).
+const MAX_HEADERS: usize = 64;
+const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A caller-supplied id is kept when it is short and plain enough to be safe in logs and
 /// headers; anything else is replaced.
@@ -29,55 +64,199 @@ fn incoming_request_id(request: &Request) -> Option<String> {
     sane.then(|| value.to_owned())
 }
 
-pub async fn edge<E: Endpoint>(next: E, mut request: Request) -> poem::Result<Response> {
+fn client_ip(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
+    if trust_forwarded_for
+        && let Some(ip) = request
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    request.remote_addr().as_socket_addr().map(|addr| addr.ip())
+}
+
+fn headers_too_large(headers: &HeaderMap) -> bool {
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES
+}
+
+/// Health checks and metrics are for machines polling from few addresses: never limited.
+fn exempt_from_limits(path: &str) -> bool {
+    path.starts_with("/health/") || path == "/metrics"
+}
+
+/// A label for requests no operation claimed.
+fn route_label(path: &str, status: StatusCode) -> &'static str {
+    if path == "/" || path.starts_with("/docs") {
+        "docs"
+    } else if path.ends_with("/openapi.json") || path.ends_with("/openapi.yaml") {
+        "spec"
+    } else if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+        "unmatched"
+    } else {
+        "other"
+    }
+}
+
+/// Renders an error that reached the edge as a problem, keeping the operation it came from.
+/// Server errors are logged with their cause (which the client never sees).
+pub fn error_response(err: poem::Error, request_id: &str) -> Response {
+    let operation = err.data::<OperationId>().copied();
+    let problem = Problem::from_error(&err);
+    if problem.status >= 500 {
+        tracing::error!(error = %err, "request failed");
+    }
+    let mut response = Problem {
+        request_id: Some(request_id.to_owned()),
+        ..problem
+    }
+    .into_response();
+    if let Some(operation) = operation {
+        response.set_data(operation);
+    }
+    response
+}
+
+fn app_error_response(err: AppError, request_id: &str) -> Response {
+    error_response(poem::Error::from(err), request_id)
+}
+
+/// Below CORS: turns errors into problem responses so CORS can decorate them too.
+pub async fn render_errors<E: Endpoint>(next: E, request: Request) -> poem::Result<Response> {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_default();
+    Ok(match next.call(request).await {
+        Ok(output) => output.into_response(),
+        Err(err) => error_response(err, &request_id),
+    })
+}
+
+pub async fn edge<E: Endpoint>(
+    next: E,
+    mut request: Request,
+    state: AppState,
+) -> poem::Result<Response> {
     let request_id = incoming_request_id(&request).unwrap_or_else(|| Uuid::new_v4().to_string());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let authenticated = request.headers().contains_key(header::AUTHORIZATION);
+    let ip = client_ip(&request, state.policy.trust_forwarded_for);
+    let slot = RateLimitSlot::default();
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(slot.clone());
+    if let Some(ip) = ip {
+        request.extensions_mut().insert(ClientIp(ip));
+    }
     let started = Instant::now();
     let span = tracing::info_span!("request", request_id = %request_id);
 
     let mut response = async {
-        let problem = match next.call(request).await {
-            Ok(output) => {
+        if headers_too_large(request.headers()) {
+            let problem = Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                format!("send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"),
+            );
+            return Problem {
+                request_id: Some(request_id.clone()),
+                ..problem
+            }
+            .into_response();
+        }
+        // Without credentials the caller is known only by address; with them, the security
+        // scheme counts the request against the principal (or, if they are bad, the address).
+        if !authenticated
+            && !exempt_from_limits(&path)
+            && let (Some(limiter), Some(ip)) = (&state.limiter, ip)
+            && let Some(decision) = limiter.check(&Bucket::Ip(ip)).await
+        {
+            slot.set(decision);
+            if !decision.allowed {
+                let retry_after = decision.reset.max(1);
+                return app_error_response(AppError::RateLimited { retry_after }, &request_id);
+            }
+        }
+        match tokio::time::timeout(state.policy.request_timeout, next.call(request)).await {
+            Ok(Ok(output)) => {
                 let response = output.into_response();
                 match plain_error_problem(&response) {
-                    Some(problem) => problem,
-                    None => return response,
+                    Some(problem) => Problem {
+                        request_id: Some(request_id.clone()),
+                        ..problem
+                    }
+                    .into_response(),
+                    None => response,
                 }
             }
-            Err(err) => {
-                let problem = Problem::from_error(&err);
-                if problem.status >= 500 {
-                    tracing::error!(error = %err, "request failed");
-                }
-                problem
+            Ok(Err(err)) => error_response(err, &request_id),
+            Err(_) => {
+                tracing::error!(
+                    timeout_secs = state.policy.request_timeout.as_secs(),
+                    "request timed out"
+                );
+                app_error_response(
+                    AppError::Unavailable(format!(
+                        "the request did not complete within {} s",
+                        state.policy.request_timeout.as_secs()
+                    )),
+                    &request_id,
+                )
             }
-        };
-        Problem {
-            request_id: Some(request_id.clone()),
-            ..problem
         }
-        .into_response()
     }
     .instrument(span.clone())
     .await;
 
+    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
     }
-    let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
+        // Responses to credentialed requests are for that caller only: no shared caches.
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if let Some(decision) = slot.get() {
+        for (name, value) in [
+            ("ratelimit-limit", decision.limit),
+            ("ratelimit-remaining", decision.remaining),
+            ("ratelimit-reset", decision.reset),
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        }
+    }
+
+    let status = response.status();
+    let operation = response
+        .data::<OperationId>()
+        .map_or_else(|| route_label(&path, status), |op| op.0);
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe(operation, status.as_u16(), elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     span.in_scope(|| {
-        tracing::info!(%method, %path, status, latency_ms, "request");
+        tracing::info!(%method, %path, status = status.as_u16(), latency_ms, operation, "request");
     });
     Ok(response)
 }
 
-/// Error responses the framework produced as plain responses (a caught panic, say) get the
-/// problem shape too, so clients parse one error format.
+/// Error responses the framework produced as plain responses (a caught panic, a CORS refusal)
+/// get the problem shape too, so clients parse one error format.
 fn plain_error_problem(response: &Response) -> Option<Problem> {
     let status = response.status();
     let is_problem = response

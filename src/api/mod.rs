@@ -1,16 +1,22 @@
 //! The HTTP API: the OpenAPI service (spec, routing, docs) and what every request passes through.
 
 pub mod api_keys;
+pub mod conditional;
 pub mod edge;
+pub mod operations;
 pub mod payload;
 pub mod problem;
 pub mod users;
 
-use poem_openapi::{LicenseObject, OpenApiService, Tags};
+use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
 
-use crate::{domain::Cursor, error::AppError};
+use crate::{
+    domain::{Cursor, ListQuery},
+    error::AppError,
+};
 
 pub use api_keys::ApiKeysApi;
+pub use operations::OperationsApi;
 pub use users::UsersApi;
 
 /// Where the versioned API lives.
@@ -23,6 +29,8 @@ pub enum ApiTags {
     /// Manage API keys (needs the `admin` scope).
     #[oai(rename = "API keys")]
     ApiKeys,
+    /// Health checks and metrics, for load balancers and monitoring; public.
+    Operations,
 }
 
 const DESCRIPTION: &str = "\
@@ -44,23 +52,35 @@ fn default_page_limit() -> u64 {
     50
 }
 
-/// The `cursor` query parameter of a listing; one this API did not issue is a 400.
-fn parse_cursor(raw: Option<&str>) -> Result<Option<Cursor>, AppError> {
-    raw.map(Cursor::parse)
+/// The `cursor` query parameter of a listing; one this API did not issue for this very query
+/// (same filters and sort) is a 400.
+fn parse_cursor(raw: Option<&str>, query: &ListQuery) -> Result<Option<Cursor>, AppError> {
+    raw.map(|raw| Cursor::parse(raw, query))
         .transpose()
         .map_err(AppError::BadRequest)
 }
 
 /// The OpenAPI service: the source of the spec, the routes and the Swagger UI.
-pub fn service() -> OpenApiService<(UsersApi, ApiKeysApi), ()> {
-    OpenApiService::new(
-        (UsersApi, ApiKeysApi),
-        "users-api",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(DESCRIPTION)
-    .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
-    .url_prefix(API_PREFIX)
+pub fn service() -> OpenApiService<(UsersApi, ApiKeysApi, OperationsApi), ()> {
+    let api = (UsersApi, ApiKeysApi, OperationsApi);
+    OpenApiService::new(api, "users-api", env!("CARGO_PKG_VERSION"))
+        .description(DESCRIPTION)
+        .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
+        .extra_response_header::<String, _>(ExtraHeader::new("X-Request-Id").description(
+            "The request's id: the caller's `X-Request-Id` if sane, else a new UUID. \
+             Also in problem bodies and log lines.",
+        ))
+        .extra_response_header::<Option<u64>, _>(
+            ExtraHeader::new("RateLimit-Limit")
+                .description("Requests allowed per window to this caller (absent when unlimited)."),
+        )
+        .extra_response_header::<Option<u64>, _>(
+            ExtraHeader::new("RateLimit-Remaining")
+                .description("Requests left in the current window."),
+        )
+        .extra_response_header::<Option<u64>, _>(
+            ExtraHeader::new("RateLimit-Reset").description("Seconds until the window resets."),
+        )
 }
 
 /// The spec as `users-api openapi` prints it and `openapi/` commits it.

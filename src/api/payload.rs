@@ -9,6 +9,7 @@ use poem_openapi::{
     types::Type,
 };
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::{
     error::{AppError, FieldError},
@@ -22,7 +23,12 @@ pub trait BodySchema: Type + Send {
 }
 
 /// The parsed, validated body of a request whose documented schema is `S`.
-pub struct JsonBody<S: BodySchema>(pub S::Parsed);
+pub struct JsonBody<S: BodySchema> {
+    pub value: S::Parsed,
+    /// Hex SHA-256 of the body as canonical JSON (object keys sorted, no insignificant
+    /// whitespace): equal for bodies that mean the same, whatever their formatting.
+    pub fingerprint: String,
+}
 
 /// Used where no state is attached (unit tests of the router); the server always attaches it.
 const FALLBACK_LIMIT: usize = 64 * 1024;
@@ -81,9 +87,16 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
         let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
             AppError::BadRequest(format!("the request body is not valid JSON: {err}"))
         })?;
-        S::parse(&value)
-            .map(Self)
-            .map_err(|errors| AppError::Validation(errors).into())
+        let parsed = S::parse(&value).map_err(AppError::Validation)?;
+        // serde_json's map is ordered by key, so serialising the value canonicalises it.
+        let fingerprint = Sha256::digest(value.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(Self {
+            value: parsed,
+            fingerprint,
+        })
     }
 }
 

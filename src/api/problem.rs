@@ -43,6 +43,9 @@ pub struct Problem {
     /// The `WWW-Authenticate` challenge sent with the problem; a header, not part of the body.
     #[oai(skip)]
     pub challenge: Option<String>,
+    /// Seconds for the `Retry-After` header; a header, not part of the body.
+    #[oai(skip)]
+    pub retry_after: Option<u64>,
 }
 
 /// One invalid member of a request body.
@@ -68,6 +71,7 @@ impl Example for Problem {
                 message: "is not a valid email address (Missing separator character '@'.)".into(),
             }]),
             challenge: None,
+            retry_after: None,
         }
     }
 }
@@ -91,6 +95,7 @@ impl Problem {
             request_id: None,
             errors: None,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -103,6 +108,11 @@ impl Problem {
         };
         let mut problem = Self::new(status, err.kind(), detail);
         problem.challenge = err.challenge();
+        problem.retry_after = match err {
+            AppError::RateLimited { retry_after } => Some(*retry_after),
+            AppError::Unavailable(_) => Some(1),
+            _ => None,
+        };
         if let AppError::Validation(errors) = err {
             problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
         }
@@ -157,8 +167,8 @@ impl Problem {
         {
             headers.insert(header::WWW_AUTHENTICATE, value);
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of the body was never read, so the connection cannot carry another
@@ -209,13 +219,34 @@ fn describe(status: u16) -> &'static str {
         }
         404 => "No resource has this id.",
         409 => "Another user already has this email address (compared case-insensitively).",
+        412 => {
+            "`If-Match` named an ETag that is no longer current: the resource changed meanwhile. Nothing was changed; fetch it again."
+        }
         413 => "The request body exceeds the configured size limit.",
         415 => "The request body is not JSON: send `Content-Type: application/json`.",
-        422 => "The body is well-formed JSON but invalid; `errors` lists every offending member.",
+        422 => {
+            "The body is well-formed JSON but invalid (`errors` lists every offending member), or an `Idempotency-Key` was reused with a different body."
+        }
+        428 => {
+            "The server requires `If-Match` on writes (`--require-if-match`) and it was missing."
+        }
+        429 => {
+            "Too many requests for this caller (or, unauthenticated, this IP) in the current window. `Retry-After` says when to retry."
+        }
         503 => {
             "A dependency (the identity provider's signing keys, the database) is briefly unavailable; retry later."
         }
         _ => "The server failed; the body names the request id to report.",
+    }
+}
+
+fn header_meta(name: &str, description: &str) -> MetaHeader {
+    MetaHeader {
+        name: name.into(),
+        description: Some(description.into()),
+        required: true,
+        deprecated: false,
+        schema: String::schema_ref(),
     }
 }
 
@@ -231,16 +262,16 @@ impl<S: ErrorStatuses> ApiResponse for Failure<S> {
                     content_type: PROBLEM_JSON,
                     schema: Problem::schema_ref(),
                 }],
-                headers: if status == 401 || status == 403 {
-                    vec![MetaHeader {
-                        name: "WWW-Authenticate".into(),
-                        description: Some("The RFC 6750 Bearer challenge.".into()),
-                        required: true,
-                        deprecated: false,
-                        schema: String::schema_ref(),
-                    }]
-                } else {
-                    Vec::new()
+                headers: match status {
+                    401 | 403 => vec![header_meta(
+                        "WWW-Authenticate",
+                        "The RFC 6750 Bearer challenge.",
+                    )],
+                    429 | 503 => vec![header_meta(
+                        "Retry-After",
+                        "Seconds to wait before retrying.",
+                    )],
+                    _ => Vec::new(),
                 },
             })
             .collect();
@@ -264,14 +295,20 @@ macro_rules! error_statuses {
 }
 
 error_statuses! {
+    /// Readiness: the database does not answer.
+    ReadyErrors: [503];
+    /// Metrics behind a token.
+    MetricsErrors: [401];
     /// Listing: bad query parameters or cursor, auth.
-    ListErrors: [400, 401, 403, 500, 503];
-    /// Reading or deleting one resource by id.
-    OneErrors: [400, 401, 403, 404, 500, 503];
+    ListErrors: [400, 401, 403, 429, 500, 503];
+    /// Reading one resource by id.
+    OneErrors: [400, 401, 403, 404, 429, 500, 503];
+    /// Deleting one resource by id, possibly conditionally.
+    DeleteErrors: [400, 401, 403, 404, 412, 428, 429, 500, 503];
     /// Creating a resource from a body.
-    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 500, 503];
-    /// Replacing or updating one resource from a body.
-    WriteOneErrors: [400, 401, 403, 404, 409, 413, 415, 422, 500, 503];
+    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 429, 500, 503];
+    /// Replacing or updating one resource from a body, possibly conditionally.
+    WriteOneErrors: [400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429, 500, 503];
 }
 
 #[cfg(test)]

@@ -4,24 +4,25 @@ use chrono::{DateTime, Utc};
 use entity::users::Model;
 use poem::web::Data;
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
-    param::{Path, Query},
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path, Query},
     payload::Json,
-    types::{Email, Example, MaybeUndefined},
+    types::{Email, Example, MaybeUndefined, ParseFromJSON, ToJSON},
 };
 use serde_json::Value;
 
 use super::{
-    ApiTags,
+    API_PREFIX, ApiTags,
+    conditional::{etag, expected_version, none_match},
     payload::{BodySchema, JsonBody},
-    problem::{ApiResult, CreateErrors, ListErrors, OneErrors, WriteOneErrors},
+    problem::{ApiResult, CreateErrors, DeleteErrors, ListErrors, OneErrors, WriteOneErrors},
 };
 use crate::{
     auth::Auth,
-    domain::{NewUser, Scope, UserChanges},
-    error::FieldError,
+    domain::{ListQuery, NewUser, Scope, Sort, SortField, UserChanges, UserFilter},
+    error::{AppError, FieldError},
     startup::AppState,
-    store,
+    store::{self, idempotency},
 };
 
 /// A user.
@@ -157,39 +158,106 @@ impl BodySchema for UserPatch {
     }
 }
 
-/// One page of users in ascending id order.
+/// One page of users.
 #[derive(Debug, Clone, Object)]
 pub struct UserPage {
-    /// The users on this page, at most `limit` of them.
+    /// The users on this page, at most `limit` of them, in the requested order.
     pub items: Vec<User>,
-    /// Pass as `cursor` to fetch the next page; `null` on the last page.
+    /// Pass as `cursor` (with the same filters and sort) to fetch the next page; `null` on the
+    /// last page. Also sent as a `Link: <…>; rel="next"` header.
     #[oai(nullable)]
     pub next_cursor: Option<String>,
+}
+
+/// The order of a listing: a field, descending with a leading `-`. Ties are broken by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum UserSort {
+    #[oai(rename = "id")]
+    Id,
+    #[oai(rename = "-id")]
+    IdDesc,
+    #[oai(rename = "name")]
+    Name,
+    #[oai(rename = "-name")]
+    NameDesc,
+    #[oai(rename = "created_at")]
+    CreatedAt,
+    #[oai(rename = "-created_at")]
+    CreatedAtDesc,
+}
+
+impl From<UserSort> for Sort {
+    fn from(sort: UserSort) -> Sort {
+        let (field, descending) = match sort {
+            UserSort::Id => (SortField::Id, false),
+            UserSort::IdDesc => (SortField::Id, true),
+            UserSort::Name => (SortField::Name, false),
+            UserSort::NameDesc => (SortField::Name, true),
+            UserSort::CreatedAt => (SortField::CreatedAt, false),
+            UserSort::CreatedAtDesc => (SortField::CreatedAt, true),
+        };
+        Sort { field, descending }
+    }
 }
 
 #[derive(ApiResponse)]
 pub enum ListUsersResponse {
     /// A page of users.
     #[oai(status = 200)]
-    Ok(Json<UserPage>),
+    Ok(
+        Json<UserPage>,
+        /// RFC 8288 link to the next page, when there is one.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
+}
+
+#[derive(ApiResponse)]
+pub enum GetUserResponse {
+    /// The user.
+    #[oai(status = 200)]
+    Ok(
+        Json<User>,
+        /// Strong validator of this representation; send it back in `If-None-Match` or `If-Match`.
+        #[oai(header = "ETag")]
+        String,
+    ),
+    /// The representation matching `If-None-Match` is still current.
+    #[oai(status = 304)]
+    NotModified(
+        /// The current ETag.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum UserResponse {
-    /// The user.
+    /// The user as it now is.
     #[oai(status = 200)]
-    Ok(Json<User>),
+    Ok(
+        Json<User>,
+        /// The new ETag.
+        #[oai(header = "ETag")]
+        String,
+    ),
 }
 
 #[derive(ApiResponse)]
 pub enum CreateUserResponse {
-    /// The user was created.
+    /// The user was created (or, for a retried `Idempotency-Key`, this is the original response).
     #[oai(status = 201)]
     Created(
         Json<User>,
         /// The URL of the new user.
         #[oai(header = "Location")]
         String,
+        /// The new user's ETag.
+        #[oai(header = "ETag")]
+        String,
+        /// `true` when this response replays an earlier request with the same `Idempotency-Key`.
+        #[oai(header = "Idempotent-Replayed")]
+        Option<bool>,
     ),
 }
 
@@ -203,13 +271,32 @@ pub enum DeleteUserResponse {
 /// The users resource.
 pub struct UsersApi;
 
-#[OpenApi(tag = "ApiTags::Users")]
+fn user_response(model: Model) -> UserResponse {
+    let tag = etag(&model);
+    UserResponse::Ok(Json(model.into()), tag)
+}
+
+/// The URL of the next page: this request's filters and sort, with the new cursor.
+fn next_link(params: &[(&str, Option<String>)], cursor: &str) -> String {
+    let pairs: Vec<(&str, &str)> = params
+        .iter()
+        .filter_map(|(name, value)| Some((*name, value.as_deref()?)))
+        .chain([("cursor", cursor)])
+        .collect();
+    let query = serde_urlencoded::to_string(pairs).unwrap_or_default();
+    format!("<{API_PREFIX}/users?{query}>; rel=\"next\"")
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Users")]
 impl UsersApi {
     /// List users
     ///
-    /// Returns users in ascending id order, `limit` at a time. To walk the whole collection,
-    /// pass each page's `next_cursor` as `cursor` until it is `null`. Pages are keyset-based:
-    /// users created or deleted meanwhile never cause duplicates or skips. Needs `users:read`.
+    /// Returns users `limit` at a time, filtered and sorted as asked (by default in ascending id
+    /// order). To walk the whole result, pass each page's `next_cursor` as `cursor`, with the same
+    /// filters and sort, until it is `null`, or follow the `Link: rel="next"` header. Pages are
+    /// keyset-based: users created or deleted meanwhile never cause duplicates or skips, and a
+    /// deep page costs what the first does. Needs `users:read`.
+    #[allow(clippy::too_many_arguments)]
     #[oai(path = "/users", method = "get", operation_id = "listUsers")]
     async fn list_users(
         &self,
@@ -223,38 +310,122 @@ impl UsersApi {
         limit: Query<u64>,
         /// The `next_cursor` of the previous page; omit for the first page.
         cursor: Query<Option<String>>,
+        /// Order: `id`, `name` or `created_at`, with a leading `-` for descending. Default `id`.
+        sort: Query<Option<UserSort>>,
+        /// Only users with exactly this role.
+        #[oai(validator(min_length = 1, max_length = 50))]
+        role: Query<Option<String>>,
+        /// Only the user with this email address (compared case-insensitively).
+        #[oai(validator(max_length = 254))]
+        email: Query<Option<String>>,
+        /// Only users whose name contains this text, case-insensitively.
+        #[oai(validator(min_length = 1, max_length = 100))]
+        q: Query<Option<String>>,
+        /// Only users created after this instant (RFC 3339).
+        created_after: Query<Option<DateTime<Utc>>>,
+        /// Only users created before this instant (RFC 3339).
+        created_before: Query<Option<DateTime<Utc>>>,
     ) -> ApiResult<ListUsersResponse, ListErrors> {
         auth.0.require(Scope::UsersRead)?;
-        let after = super::parse_cursor(cursor.0.as_deref())?;
-        let page = store::users::list(&state.db, after, limit.0).await?;
-        Ok(ListUsersResponse::Ok(Json(UserPage {
-            items: page.items.into_iter().map(User::from).collect(),
-            next_cursor: page.next.map(|cursor| cursor.encode()),
-        })))
+        let filter = UserFilter::new(
+            role.0.clone(),
+            email.0.as_deref(),
+            q.0.as_deref(),
+            created_after.0,
+            created_before.0,
+        )
+        .map_err(AppError::BadRequest)?;
+        let query = ListQuery {
+            filter,
+            sort: sort.0.map(Sort::from).unwrap_or_default(),
+        };
+        let after = super::parse_cursor(cursor.0.as_deref(), &query)?;
+        let page = store::users::list(&state.db, &query, after.as_ref(), limit.0).await?;
+        let next_cursor = page.next.map(|cursor| cursor.encode());
+        let link = next_cursor.as_deref().map(|cursor| {
+            next_link(
+                &[
+                    ("limit", Some(limit.0.to_string())),
+                    ("sort", sort.0.map(|_| query.sort.as_str())),
+                    ("role", role.0.clone()),
+                    ("email", email.0.clone()),
+                    ("q", q.0.clone()),
+                    ("created_after", created_after.0.map(|at| at.to_rfc3339())),
+                    ("created_before", created_before.0.map(|at| at.to_rfc3339())),
+                ],
+                cursor,
+            )
+        });
+        let items = page.items.into_iter().map(User::from).collect();
+        Ok(ListUsersResponse::Ok(
+            Json(UserPage { items, next_cursor }),
+            link,
+        ))
     }
 
     /// Create a user
     ///
     /// The server assigns `id` and the timestamps; the response's `Location` header points at
-    /// the new user. Needs `users:write`.
+    /// the new user. Send an `Idempotency-Key` to make retries safe: a retry with the same key
+    /// and body returns the original response instead of creating another user. Needs `users:write`.
     #[oai(path = "/users", method = "post", operation_id = "createUser")]
     async fn create_user(
         &self,
         auth: Auth,
         state: Data<&AppState>,
+        /// A unique value per logical request (a UUID, say), kept for `--idempotency-ttl-secs`
+        /// (24 h by default). Reusing it with a different body is a 422.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255))]
+        idempotency_key: Header<Option<String>>,
         body: JsonBody<UserInput>,
     ) -> ApiResult<CreateUserResponse, CreateErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user = User::from(
-            store::users::create(&state.db, body.0, &auth.0.subject.audit_name()).await?,
-        );
-        let location = format!("/api/v1/users/{}", user.id);
-        Ok(CreateUserResponse::Created(Json(user), location))
+        let actor = auth.0.subject.audit_name();
+        let Some(key) = idempotency_key.0 else {
+            let model = store::users::create(&state.db, body.value, &actor).await?;
+            return Ok(created(model, None));
+        };
+        let claim = idempotency::Claim {
+            principal: &actor,
+            key: &key,
+            request_hash: &body.fingerprint,
+            ttl: state.policy.idempotency_ttl,
+        };
+        let outcome = idempotency::run_once(
+            &state.db,
+            claim,
+            async |txn| store::users::create(txn, body.value, &actor).await,
+            |model| idempotency::Recorded {
+                status: 201,
+                body: User::from(model.clone()).to_json_string(),
+                location: Some(user_location(model.id)),
+                etag: Some(etag(model)),
+            },
+        )
+        .await?;
+        match outcome {
+            idempotency::Outcome::Fresh(model) => Ok(created(model, Some(false))),
+            idempotency::Outcome::Replayed(recorded) => {
+                let user = serde_json::from_str(&recorded.body)
+                    .ok()
+                    .and_then(|value| User::parse_from_json(Some(value)).ok())
+                    .ok_or_else(|| {
+                        AppError::Unavailable("a stored response could not be read".into())
+                    })?;
+                Ok(CreateUserResponse::Created(
+                    Json(user),
+                    recorded.location.unwrap_or_default(),
+                    recorded.etag.unwrap_or_default(),
+                    Some(true),
+                ))
+            }
+        }
     }
 
     /// Get a user
     ///
-    /// Needs `users:read`.
+    /// Sends a strong `ETag`; with `If-None-Match` carrying it, an unchanged user is a bodiless
+    /// 304. Needs `users:read`.
     #[oai(path = "/users/:id", method = "get", operation_id = "getUser")]
     async fn get_user(
         &self,
@@ -262,15 +433,23 @@ impl UsersApi {
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
-    ) -> ApiResult<UserResponse, OneErrors> {
+        /// ETags the client already holds; if one is current the answer is 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> ApiResult<GetUserResponse, OneErrors> {
         auth.0.require(Scope::UsersRead)?;
         let user = store::users::get(&state.db, id.0).await?;
-        Ok(UserResponse::Ok(Json(user.into())))
+        let tag = etag(&user);
+        if !none_match(if_none_match.0.as_deref(), &tag) {
+            return Ok(GetUserResponse::NotModified(tag));
+        }
+        Ok(GetUserResponse::Ok(Json(user.into()), tag))
     }
 
     /// Replace a user
     ///
-    /// Sets every writable field: an omitted `email` removes the address. Needs `users:write`.
+    /// Sets every writable field: an omitted `email` removes the address. With `If-Match`, the
+    /// write happens only if the user is unchanged since that ETag (else 412). Needs `users:write`.
     #[oai(path = "/users/:id", method = "put", operation_id = "replaceUser")]
     async fn replace_user(
         &self,
@@ -278,18 +457,24 @@ impl UsersApi {
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
+        /// The ETag the change is based on (or `*`); a stale one gives 412 and changes nothing.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<UserInput>,
     ) -> ApiResult<UserResponse, WriteOneErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user =
-            store::users::replace(&state.db, id.0, body.0, &auth.0.subject.audit_name()).await?;
-        Ok(UserResponse::Ok(Json(user.into())))
+        let expected =
+            expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
+        let actor = auth.0.subject.audit_name();
+        let user = store::users::replace(&state.db, id.0, body.value, &actor, expected).await?;
+        Ok(user_response(user))
     }
 
     /// Update a user
     ///
     /// Changes only the members present in the body (JSON merge patch semantics; both
-    /// `application/json` and `application/merge-patch+json` are accepted). Needs `users:write`.
+    /// `application/json` and `application/merge-patch+json` are accepted). With `If-Match`, the
+    /// write happens only if the user is unchanged since that ETag (else 412). Needs `users:write`.
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update_user(
         &self,
@@ -297,16 +482,22 @@ impl UsersApi {
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
+        /// The ETag the change is based on (or `*`); a stale one gives 412 and changes nothing.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: JsonBody<UserPatch>,
     ) -> ApiResult<UserResponse, WriteOneErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        let user =
-            store::users::update(&state.db, id.0, body.0, &auth.0.subject.audit_name()).await?;
-        Ok(UserResponse::Ok(Json(user.into())))
+        let expected =
+            expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
+        let actor = auth.0.subject.audit_name();
+        let user = store::users::update(&state.db, id.0, body.value, &actor, expected).await?;
+        Ok(user_response(user))
     }
 
     /// Delete a user
     ///
+    /// With `If-Match`, deletes only if the user is unchanged since that ETag (else 412).
     /// Needs `users:write`.
     #[oai(path = "/users/:id", method = "delete", operation_id = "deleteUser")]
     async fn delete_user(
@@ -315,9 +506,24 @@ impl UsersApi {
         state: Data<&AppState>,
         /// The user's id.
         id: Path<i64>,
-    ) -> ApiResult<DeleteUserResponse, OneErrors> {
+        /// The ETag the deletion is based on (or `*`); a stale one gives 412 and deletes nothing.
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
+    ) -> ApiResult<DeleteUserResponse, DeleteErrors> {
         auth.0.require(Scope::UsersWrite)?;
-        store::users::delete(&state.db, id.0).await?;
+        let expected =
+            expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
+        store::users::delete(&state.db, id.0, expected).await?;
         Ok(DeleteUserResponse::Deleted)
     }
+}
+
+fn user_location(id: i64) -> String {
+    format!("{API_PREFIX}/users/{id}")
+}
+
+fn created(model: Model, replayed: Option<bool>) -> CreateUserResponse {
+    let location = user_location(model.id);
+    let tag = etag(&model);
+    CreateUserResponse::Created(Json(model.into()), location, tag, replayed)
 }

@@ -13,8 +13,10 @@ use poem_openapi::{
 };
 
 use crate::{
+    api::edge::{ClientIp, RateLimitSlot},
     domain::{ApiKeySecret, Scope, ScopeSet},
     error::AppError,
+    rate_limit::Bucket,
     startup::AppState,
     store,
 };
@@ -166,7 +168,31 @@ impl<'a> ApiExtractor<'a> for Auth {
         let state = request
             .data::<AppState>()
             .expect("the application state is attached to every request");
-        Ok(Auth(authenticate(state, token).await?))
+        let outcome = authenticate(state, token).await;
+        // A principal is limited as such; bad credentials count against the address, so
+        // guessing keys is throttled like any anonymous traffic.
+        let bucket = match &outcome {
+            Ok(principal) => Some(Bucket::Principal(principal.subject.clone())),
+            Err(AppError::InvalidToken(_)) => request
+                .extensions()
+                .get::<ClientIp>()
+                .map(|ip| Bucket::Ip(ip.0)),
+            Err(_) => None,
+        };
+        if let (Some(limiter), Some(bucket)) = (&state.limiter, bucket)
+            && let Some(decision) = limiter.check(&bucket).await
+        {
+            if let Some(slot) = request.extensions().get::<RateLimitSlot>() {
+                slot.set(decision);
+            }
+            if !decision.allowed {
+                return Err(AppError::RateLimited {
+                    retry_after: decision.reset.max(1),
+                }
+                .into());
+            }
+        }
+        Ok(Auth(outcome?))
     }
 }
 

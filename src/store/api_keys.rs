@@ -9,7 +9,7 @@ use sea_orm::{
 
 use super::Page;
 use crate::{
-    domain::{ApiKeySecret, Cursor, NewApiKey},
+    domain::{ApiKeySecret, Cursor, ListQuery, NewApiKey, SortKey},
     error::AppError,
 };
 
@@ -48,7 +48,7 @@ pub async fn create(
 /// Keys in id order, a page at a time (see `users::list`).
 pub async fn list(
     db: &DatabaseConnection,
-    after: Option<Cursor>,
+    after: Option<&Cursor>,
     limit: u64,
 ) -> Result<Page<Model>, AppError> {
     let mut query = Entity::find().order_by_asc(Column::Id);
@@ -56,7 +56,9 @@ pub async fn list(
         query = query.filter(Column::Id.gt(cursor.after_id));
     }
     let rows = query.limit(limit + 1).all(db).await?;
-    Ok(Page::from_rows(rows, limit, |key| key.id))
+    Ok(Page::from_rows(rows, limit, |key| {
+        Cursor::new(SortKey::Id, key.id, &ListQuery::default())
+    }))
 }
 
 pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {

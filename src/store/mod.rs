@@ -1,6 +1,8 @@
 //! Database access: small functions over sea-orm, one module per table. Nothing here knows HTTP.
 
 pub mod api_keys;
+pub mod idempotency;
+pub mod rate_limits;
 pub mod users;
 
 use std::time::Duration;
@@ -79,11 +81,11 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     /// From up to `limit + 1` rows: the extra row only tells that another page exists, which
-    /// spares a COUNT.
-    pub fn from_rows(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Self {
+    /// spares a COUNT. `cursor` makes the continuation from the page's last row.
+    pub fn from_rows(mut rows: Vec<T>, limit: u64, cursor: impl Fn(&T) -> Cursor) -> Self {
         let next = if rows.len() as u64 > limit {
             rows.truncate(limit as usize);
-            rows.last().map(|last| Cursor { after_id: id(last) })
+            rows.last().map(cursor)
         } else {
             None
         };

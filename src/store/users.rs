@@ -1,12 +1,15 @@
 use entity::users::{ActiveModel, Column, Entity, Model};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Order,
+    QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
+    sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
 use super::Page;
 use crate::{
-    domain::{Cursor, NewUser, UserChanges},
+    domain::{Cursor, ListQuery, NewUser, SortField, SortKey, UserChanges},
     error::AppError,
 };
 
@@ -19,7 +22,7 @@ fn not_found(id: i64) -> AppError {
 
 /// The unique index on the lowercased email is the arbiter of duplicates: checking first and
 /// inserting second would race between concurrent requests.
-fn write_error(err: DbErr) -> AppError {
+pub(super) fn write_error(err: DbErr) -> AppError {
     match err.sql_err() {
         Some(SqlErr::UniqueConstraintViolation(_)) => {
             AppError::Conflict("another user already has this email address".into())
@@ -28,18 +31,98 @@ fn write_error(err: DbErr) -> AppError {
     }
 }
 
-/// Keyset pagination: cost does not grow with depth, and inserts never shift pages.
+/// `%` and `_` in a search term are literal, not wildcards.
+fn like_contains(term: &str) -> LikeExpr {
+    let escaped = term
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    LikeExpr::new(format!("%{escaped}%")).escape('\\')
+}
+
+/// The query for one page, before its limit: filters, the keyset condition that starts after
+/// the cursor, and the order. Every sort is `(key, id)`, matching an index, so a deep page
+/// costs what the first one does. Public so the query plan can be checked.
+pub fn page_query(query: &ListQuery, after: Option<&Cursor>) -> Select<Entity> {
+    let filter = &query.filter;
+    let mut select = Entity::find();
+    if let Some(role) = &filter.role {
+        select = select.filter(Column::Role.eq(role.as_str()));
+    }
+    if let Some(email_key) = &filter.email_key {
+        select = select.filter(Column::EmailKey.eq(email_key.as_str()));
+    }
+    if let Some(term) = &filter.name_contains {
+        select = select.filter(Column::NameSearch.like(like_contains(term)));
+    }
+    if let Some(at) = filter.created_after {
+        select = select.filter(Column::CreatedAt.gt(at));
+    }
+    if let Some(at) = filter.created_before {
+        select = select.filter(Column::CreatedAt.lt(at));
+    }
+
+    let descending = query.sort.descending;
+    let order = if descending { Order::Desc } else { Order::Asc };
+    let key_column = match query.sort.field {
+        SortField::Id => None,
+        SortField::Name => Some(Column::NameSearch),
+        SortField::CreatedAt => Some(Column::CreatedAt),
+    };
+    if let Some(cursor) = after {
+        let id = Expr::col(Column::Id);
+        let after_id = Expr::val(cursor.after_id);
+        let past_id = if descending {
+            id.lt(after_id)
+        } else {
+            id.gt(after_id)
+        };
+        let condition = match (&cursor.key, key_column) {
+            (SortKey::Name(name), Some(column)) => {
+                past_key(column, Expr::val(name.as_str()), past_id, descending)
+            }
+            (SortKey::CreatedAt(at), Some(column)) => {
+                past_key(column, Expr::val(*at), past_id, descending)
+            }
+            _ => Condition::all().add(past_id),
+        };
+        select = select.filter(condition);
+    }
+    if let Some(column) = key_column {
+        select = select.order_by(column, order.clone());
+    }
+    select.order_by(Column::Id, order)
+}
+
+/// `key > v OR (key = v AND id > last)` (or `<` when descending).
+fn past_key(column: Column, value: Expr, past_id: Expr, descending: bool) -> Condition {
+    let key = Expr::col(column);
+    let beyond = if descending {
+        key.clone().lt(value.clone())
+    } else {
+        key.clone().gt(value.clone())
+    };
+    Condition::any()
+        .add(beyond)
+        .add(Condition::all().add(key.eq(value)).add(past_id))
+}
+
+/// Keyset pagination over any filter and sort.
 pub async fn list(
     db: &DatabaseConnection,
-    after: Option<Cursor>,
+    query: &ListQuery,
+    after: Option<&Cursor>,
     limit: u64,
 ) -> Result<Page<Model>, AppError> {
-    let mut query = Entity::find().order_by_asc(Column::Id);
-    if let Some(cursor) = after {
-        query = query.filter(Column::Id.gt(cursor.after_id));
-    }
-    let rows = query.limit(limit + 1).all(db).await?;
-    Ok(Page::from_rows(rows, limit, |user| user.id))
+    let rows = page_query(query, after).limit(limit + 1).all(db).await?;
+    Ok(Page::from_rows(rows, limit, |last: &Model| {
+        let key = match query.sort.field {
+            SortField::Id => SortKey::Id,
+            SortField::Name => SortKey::Name(last.name_search.clone()),
+            SortField::CreatedAt => SortKey::CreatedAt(last.created_at),
+        };
+        Cursor::new(key, last.id, query)
+    }))
 }
 
 pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {
@@ -49,14 +132,15 @@ pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {
         .ok_or_else(|| not_found(id))
 }
 
-/// `actor` is the audit name of the principal doing the write.
+/// Inserts a user. `actor` is the audit name of the principal doing the write.
 pub async fn create(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     user: NewUser,
     actor: &str,
 ) -> Result<Model, AppError> {
     let now = super::now();
     ActiveModel {
+        name_search: Set(user.name.as_str().to_lowercase()),
         name: Set(user.name.as_str().to_owned()),
         role: Set(user.role.as_str().to_owned()),
         email_key: Set(user.email.as_ref().map(|e| e.key())),
@@ -65,6 +149,7 @@ pub async fn create(
         updated_at: Set(now),
         created_by: Set(Some(actor.to_owned())),
         updated_by: Set(Some(actor.to_owned())),
+        version: Set(1),
         ..Default::default()
     }
     .insert(db)
@@ -78,48 +163,79 @@ pub async fn replace(
     id: i64,
     user: NewUser,
     actor: &str,
+    expected_version: Option<i64>,
 ) -> Result<Model, AppError> {
     let changes = UserChanges {
         name: Some(user.name),
         role: Some(user.role),
         email: Some(user.email),
     };
-    update(db, id, changes, actor).await
+    update(db, id, changes, actor, expected_version).await
 }
 
+/// Applies `changes` in one statement that also bumps the version. With `expected_version`
+/// the statement matches only that version, so of concurrent writers holding the same ETag
+/// exactly one succeeds and the rest get 412: no update is lost.
 pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     changes: UserChanges,
     actor: &str,
+    expected_version: Option<i64>,
 ) -> Result<Model, AppError> {
-    let mut row = ActiveModel {
-        id: sea_orm::ActiveValue::Unchanged(id),
-        updated_at: Set(super::now()),
-        updated_by: Set(Some(actor.to_owned())),
-        ..Default::default()
-    };
+    let mut statement = Entity::update_many()
+        .col_expr(Column::UpdatedAt, Expr::val(super::now()))
+        .col_expr(Column::UpdatedBy, Expr::val(actor))
+        .col_expr(Column::Version, Expr::col(Column::Version).add(1))
+        .filter(Column::Id.eq(id));
     if let Some(name) = changes.name {
-        row.name = Set(name.as_str().to_owned());
+        statement = statement
+            .col_expr(Column::NameSearch, Expr::val(name.as_str().to_lowercase()))
+            .col_expr(Column::Name, Expr::val(name.as_str()));
     }
     if let Some(role) = changes.role {
-        row.role = Set(role.as_str().to_owned());
+        statement = statement.col_expr(Column::Role, Expr::val(role.as_str()));
     }
     if let Some(email) = changes.email {
-        row.email_key = Set(email.as_ref().map(|e| e.key()));
-        row.email = Set(email.map(|e| e.as_str().to_owned()));
+        statement = statement
+            .col_expr(Column::EmailKey, Expr::val(email.as_ref().map(|e| e.key())))
+            .col_expr(
+                Column::Email,
+                Expr::val(email.map(|e| e.as_str().to_owned())),
+            );
     }
-    match row.update(db).await {
-        Ok(model) => Ok(model),
-        Err(DbErr::RecordNotUpdated) => Err(not_found(id)),
-        Err(err) => Err(write_error(err)),
+    if let Some(version) = expected_version {
+        statement = statement.filter(Column::Version.eq(version));
+    }
+    let mut rows = statement
+        .exec_with_returning(db)
+        .await
+        .map_err(write_error)?;
+    match rows.pop() {
+        Some(model) => Ok(model),
+        None => Err(precondition_or_missing(db, id).await),
     }
 }
 
-pub async fn delete(db: &DatabaseConnection, id: i64) -> Result<(), AppError> {
-    let result = Entity::delete_by_id(id).exec(db).await?;
-    if result.rows_affected == 0 {
-        return Err(not_found(id));
+/// Why a conditional write matched no row: the user is gone, or its version moved on.
+async fn precondition_or_missing(db: &DatabaseConnection, id: i64) -> AppError {
+    match get(db, id).await {
+        Ok(_) => AppError::PreconditionFailed,
+        Err(err) => err,
+    }
+}
+
+pub async fn delete(
+    db: &DatabaseConnection,
+    id: i64,
+    expected_version: Option<i64>,
+) -> Result<(), AppError> {
+    let mut statement = Entity::delete_many().filter(Column::Id.eq(id));
+    if let Some(version) = expected_version {
+        statement = statement.filter(Column::Version.eq(version));
+    }
+    if statement.exec(db).await?.rows_affected == 0 {
+        return Err(precondition_or_missing(db, id).await);
     }
     Ok(())
 }

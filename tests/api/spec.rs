@@ -59,17 +59,25 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
         for (method, operation) in item.as_object().unwrap() {
             let id = operation["operationId"].as_str().unwrap();
             operation_ids.push(id.to_owned());
-            assert_eq!(
-                operation["security"],
-                serde_json::json!([{"ApiKey": []}, {"OAuth2": []}]),
-                "{method} {path} accepts either credential"
-            );
             assert!(
                 !operation["summary"].as_str().unwrap_or("").is_empty(),
                 "{id} has a summary"
             );
             let responses = operation["responses"].as_object().unwrap();
-            for status in ["401", "403", "500"] {
+            if !path.starts_with("/api/v1/") {
+                // Health checks and metrics are public.
+                assert!(
+                    operation.get("security").is_none(),
+                    "{method} {path} is public"
+                );
+                continue;
+            }
+            assert_eq!(
+                operation["security"],
+                serde_json::json!([{"ApiKey": []}, {"OAuth2": []}]),
+                "{method} {path} accepts either credential"
+            );
+            for status in ["401", "403", "429", "500", "503"] {
                 let problem =
                     &responses[status]["content"]["application/problem+json"]["schema"]["$ref"];
                 assert_eq!(
@@ -87,6 +95,9 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
             "createUser",
             "deleteUser",
             "getApiKey",
+            "getLiveness",
+            "getMetrics",
+            "getReadiness",
             "getUser",
             "listApiKeys",
             "listUsers",
@@ -98,6 +109,16 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
     let oauth = &spec["components"]["securitySchemes"]["OAuth2"];
     assert_eq!(oauth["type"], "oauth2");
     assert!(oauth["flows"]["clientCredentials"]["scopes"]["users:read"].is_string());
+    let conditional = &spec["paths"]["/api/v1/users/{id}"];
+    assert!(conditional["get"]["responses"]["304"].is_object());
+    for method in ["put", "patch", "delete"] {
+        for status in ["412", "428"] {
+            assert!(
+                conditional[method]["responses"][status].is_object(),
+                "{method} documents {status}"
+            );
+        }
+    }
     let user = &spec["components"]["schemas"]["User"]["properties"];
     for field in ["id", "created_at", "updated_at", "created_by", "updated_by"] {
         assert_eq!(user[field]["readOnly"], true, "{field} is read-only");

@@ -1,0 +1,114 @@
+//! Prometheus metrics: requests by operation and status, latency, pool use, rate-limit refusals.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use sea_orm::DatabaseConnection;
+
+/// This process's metrics; each instance is scraped on its own.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    pool: IntGaugeVec,
+    rate_limited: IntCounter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("users_api".into()), None).expect("a valid metrics prefix");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by operation and status code",
+            ),
+            &["operation", "status"],
+        )
+        .expect("valid metric");
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "Time to answer a request, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let pool = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Database pool connections by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let rate_limited = IntCounter::new(
+            "rate_limit_rejections_total",
+            "Requests refused with 429 (rate limited)",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(latency.clone()),
+            Box::new(pool.clone()),
+            Box::new(rate_limited.clone()),
+        ] {
+            registry.register(collector).expect("unique metric names");
+        }
+        Metrics {
+            registry,
+            requests,
+            latency,
+            pool,
+            rate_limited,
+        }
+    }
+
+    pub fn observe(&self, operation: &str, status: u16, seconds: f64) {
+        self.requests
+            .with_label_values(&[operation, &status.to_string()])
+            .inc();
+        self.latency
+            .with_label_values(&[operation])
+            .observe(seconds);
+        if status == 429 {
+            self.rate_limited.inc();
+        }
+    }
+
+    /// The text exposition, with point-in-time gauges read now.
+    pub fn render(&self, db: &DatabaseConnection) -> String {
+        let (size, idle) = pool_size(db);
+        self.pool
+            .with_label_values(&["in_use"])
+            .set((size as usize).saturating_sub(idle) as i64);
+        self.pool.with_label_values(&["idle"]).set(idle as i64);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Open and idle connections of the pool, whichever the backend.
+fn pool_size(db: &DatabaseConnection) -> (u32, usize) {
+    match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        sea_orm::DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (pool.size(), pool.num_idle())
+        }
+        _ => (0, 0),
+    }
+}
