@@ -35,7 +35,16 @@ impl MigrationTrait for Migration {
                 vec![Users::NameSearch, Users::Id],
             ),
             ("idx_users_created_at_id", vec![Users::CreatedAt, Users::Id]),
+            // An exact role filter combined with each sort.
             ("idx_users_role_id", vec![Users::Role, Users::Id]),
+            (
+                "idx_users_role_name_search_id",
+                vec![Users::Role, Users::NameSearch, Users::Id],
+            ),
+            (
+                "idx_users_role_created_at_id",
+                vec![Users::Role, Users::CreatedAt, Users::Id],
+            ),
         ] {
             let mut index = Index::create().name(name).table(Users::Table).to_owned();
             for column in columns {
@@ -112,6 +121,8 @@ impl MigrationTrait for Migration {
             "idx_users_name_search_id",
             "idx_users_created_at_id",
             "idx_users_role_id",
+            "idx_users_role_name_search_id",
+            "idx_users_role_created_at_id",
         ] {
             manager
                 .drop_index(Index::drop().name(name).table(Users::Table).to_owned())

@@ -101,3 +101,47 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
 }
 
 impl_apirequest_for_payload!(JsonBody<S>, S: BodySchema);
+
+/// A JSON response body kept as text: one recorded earlier and replayed byte for byte (an
+/// idempotent retry), documented with the schema of `T`.
+pub struct RecordedJson<T> {
+    body: String,
+    _schema: std::marker::PhantomData<T>,
+}
+
+impl<T: poem_openapi::types::ToJSON> RecordedJson<T> {
+    pub fn new(value: &T) -> Self {
+        Self::replay(value.to_json_string())
+    }
+
+    pub fn replay(body: String) -> Self {
+        Self {
+            body,
+            _schema: std::marker::PhantomData,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.body
+    }
+}
+
+impl<T: Type + Send> Payload for RecordedJson<T> {
+    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Send> poem::IntoResponse for RecordedJson<T> {
+    fn into_response(self) -> poem::Response {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(self.body)
+    }
+}

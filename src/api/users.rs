@@ -7,14 +7,14 @@ use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path, Query},
     payload::Json,
-    types::{Email, Example, MaybeUndefined, ParseFromJSON, ToJSON},
+    types::{Email, Example, MaybeUndefined},
 };
 use serde_json::Value;
 
 use super::{
     API_PREFIX, ApiTags,
     conditional::{etag, expected_version, none_match},
-    payload::{BodySchema, JsonBody},
+    payload::{BodySchema, JsonBody, RecordedJson},
     problem::{ApiResult, CreateErrors, DeleteErrors, ListErrors, OneErrors, WriteOneErrors},
 };
 use crate::{
@@ -248,7 +248,7 @@ pub enum CreateUserResponse {
     /// The user was created (or, for a retried `Idempotency-Key`, this is the original response).
     #[oai(status = 201)]
     Created(
-        Json<User>,
+        RecordedJson<User>,
         /// The URL of the new user.
         #[oai(header = "Location")]
         String,
@@ -397,7 +397,9 @@ impl UsersApi {
             async |txn| store::users::create(txn, body.value, &actor).await,
             |model| idempotency::Recorded {
                 status: 201,
-                body: User::from(model.clone()).to_json_string(),
+                body: RecordedJson::new(&User::from(model.clone()))
+                    .as_str()
+                    .to_owned(),
                 location: Some(user_location(model.id)),
                 etag: Some(etag(model)),
             },
@@ -405,20 +407,12 @@ impl UsersApi {
         .await?;
         match outcome {
             idempotency::Outcome::Fresh(model) => Ok(created(model, Some(false))),
-            idempotency::Outcome::Replayed(recorded) => {
-                let user = serde_json::from_str(&recorded.body)
-                    .ok()
-                    .and_then(|value| User::parse_from_json(Some(value)).ok())
-                    .ok_or_else(|| {
-                        AppError::Unavailable("a stored response could not be read".into())
-                    })?;
-                Ok(CreateUserResponse::Created(
-                    Json(user),
-                    recorded.location.unwrap_or_default(),
-                    recorded.etag.unwrap_or_default(),
-                    Some(true),
-                ))
-            }
+            idempotency::Outcome::Replayed(recorded) => Ok(CreateUserResponse::Created(
+                RecordedJson::replay(recorded.body),
+                recorded.location.unwrap_or_default(),
+                recorded.etag.unwrap_or_default(),
+                Some(true),
+            )),
         }
     }
 
@@ -525,5 +519,5 @@ fn user_location(id: i64) -> String {
 fn created(model: Model, replayed: Option<bool>) -> CreateUserResponse {
     let location = user_location(model.id);
     let tag = etag(&model);
-    CreateUserResponse::Created(Json(model.into()), location, tag, replayed)
+    CreateUserResponse::Created(RecordedJson::new(&model.into()), location, tag, replayed)
 }

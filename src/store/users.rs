@@ -94,17 +94,19 @@ pub fn page_query(query: &ListQuery, after: Option<&Cursor>) -> Select<Entity> {
     select.order_by(Column::Id, order)
 }
 
-/// `key > v OR (key = v AND id > last)` (or `<` when descending).
+/// `key >= v AND (key > v OR id > last)` (mirrored when descending). Equivalent to
+/// `key > v OR (key = v AND id > last)`, but the leading bound on `key` lets the planner seek
+/// straight to the page's start in the `(key, id)` index instead of scanning up to it.
 fn past_key(column: Column, value: Expr, past_id: Expr, descending: bool) -> Condition {
     let key = Expr::col(column);
-    let beyond = if descending {
-        key.clone().lt(value.clone())
+    let (from, beyond) = if descending {
+        (key.clone().lte(value.clone()), key.lt(value))
     } else {
-        key.clone().gt(value.clone())
+        (key.clone().gte(value.clone()), key.gt(value))
     };
-    Condition::any()
-        .add(beyond)
-        .add(Condition::all().add(key.eq(value)).add(past_id))
+    Condition::all()
+        .add(from)
+        .add(Condition::any().add(beyond).add(past_id))
 }
 
 /// Keyset pagination over any filter and sort.

@@ -5,9 +5,15 @@ const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 mod api_keys;
 mod auth;
+mod conditional;
 mod errors;
 mod helpers;
+mod idempotency;
+mod limits;
+mod listing;
 mod oauth;
+mod observability;
+mod query_plan;
 mod scale_out;
 mod spec;
 mod sqlite;

@@ -10,12 +10,24 @@ const BACKEND: helpers::Backend = helpers::Backend::Postgres;
 mod api_keys;
 #[path = "../api/auth.rs"]
 mod auth;
+#[path = "../api/conditional.rs"]
+mod conditional;
 #[path = "../api/errors.rs"]
 mod errors;
 #[path = "../api/helpers.rs"]
 mod helpers;
+#[path = "../api/idempotency.rs"]
+mod idempotency;
+#[path = "../api/limits.rs"]
+mod limits;
+#[path = "../api/listing.rs"]
+mod listing;
 #[path = "../api/oauth.rs"]
 mod oauth;
+#[path = "../api/observability.rs"]
+mod observability;
+#[path = "../api/query_plan.rs"]
+mod query_plan;
 mod resilience;
 #[path = "../api/scale_out.rs"]
 mod scale_out;

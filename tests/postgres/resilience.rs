@@ -143,6 +143,20 @@ async fn an_unreachable_database_gives_503s_then_recovers_by_itself() {
         .create_user(&json!({"name": "Bob", "role": "Dev"}))
         .await;
     assert_problem(write, 503).await;
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(ready, 503).await;
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200, "the process itself is fine");
 
     proxy.up().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -159,6 +173,13 @@ async fn an_unreachable_database_gives_503s_then_recovers_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
     // Nothing half-written while it was away: Bob was refused, so he is not there.
     let page: Value = app.list_users("").await.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);

@@ -1,0 +1,176 @@
+//! Filters, sorts and keyset pagination with opaque cursors and `Link` headers.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, spawn_app};
+
+async fn page(app: &TestApp, query: &str) -> (Value, Option<String>) {
+    let response = app.list_users(query).await;
+    assert_eq!(response.status(), 200, "{query}");
+    let link = response
+        .headers()
+        .get("link")
+        .map(|l| l.to_str().unwrap().to_owned());
+    (response.json().await.unwrap(), link)
+}
+
+fn ids(page: &Value) -> Vec<i64> {
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// Walks every page of `query` by cursor, checking the `Link` header agrees.
+async fn walk(app: &TestApp, query: &str, limit: u32) -> Vec<Value> {
+    let mut users = Vec::new();
+    let mut next = format!("?limit={limit}{query}");
+    loop {
+        let (body, link) = page(app, &next).await;
+        users.extend(body["items"].as_array().unwrap().iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(cursor) => {
+                let link = link.expect("a Link header with every next_cursor");
+                let url = link
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .to_owned();
+                assert!(link.ends_with(r#"; rel="next""#), "{link}");
+                assert!(url.contains(&format!("cursor={cursor}")), "{url}");
+                next = url.trim_start_matches("/api/v1/users").to_owned();
+            }
+            None => {
+                assert!(link.is_none());
+                return users;
+            }
+        }
+    }
+}
+
+async fn seed(app: &TestApp) -> Vec<Value> {
+    let mut users = Vec::new();
+    for (name, role, email) in [
+        ("bob", "Dev", Some("bob@example.org")),
+        ("Alice", "Tester", None),
+        ("zoë", "Dev", Some("Zoe@Example.org")),
+        ("ALICE", "Dev", None),
+        ("Émile", "Ops", None),
+        ("alice", "Tester", None),
+        ("100% Carl", "Dev", None),
+        ("Dora_the", "Ops", None),
+    ] {
+        let mut body = json!({"name": name, "role": role});
+        if let Some(email) = email {
+            body["email"] = json!(email);
+        }
+        users.push(app.create_ok(&body).await);
+    }
+    users
+}
+
+#[tokio::test]
+async fn every_sort_pages_through_everything_in_order_with_ties_broken_by_id() {
+    let app = spawn_app().await;
+    let users = seed(&app).await;
+    let lower = |u: &Value| u["name"].as_str().unwrap().to_lowercase();
+    for (sort, descending) in [
+        ("id", false),
+        ("-id", true),
+        ("name", false),
+        ("-name", true),
+        ("created_at", false),
+        ("-created_at", true),
+    ] {
+        let mut expected = users.clone();
+        expected.sort_by(|a, b| {
+            let key = match sort.trim_start_matches('-') {
+                "name" => lower(a).cmp(&lower(b)),
+                "created_at" => a["created_at"].as_str().cmp(&b["created_at"].as_str()),
+                _ => std::cmp::Ordering::Equal,
+            };
+            key.then(a["id"].as_i64().cmp(&b["id"].as_i64()))
+        });
+        if descending {
+            expected.reverse();
+        }
+        for limit in [1, 3] {
+            let walked = walk(&app, &format!("&sort={sort}"), limit).await;
+            assert_eq!(walked, expected, "sort={sort} limit={limit}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn filters_narrow_the_listing_and_survive_paging() {
+    let app = spawn_app().await;
+    let users = seed(&app).await;
+    let id_of = |name: &str| {
+        users.iter().find(|u| u["name"] == name).unwrap()["id"]
+            .as_i64()
+            .unwrap()
+    };
+
+    let devs = walk(&app, "&role=Dev", 2).await;
+    assert_eq!(devs.len(), 4);
+    assert!(devs.iter().all(|u| u["role"] == "Dev"));
+    assert!(walk(&app, "&role=dev", 2).await.is_empty(), "role is exact");
+
+    let (by_email, _) = page(&app, "?email=ZOE@example.ORG").await;
+    assert_eq!(ids(&by_email), [id_of("zoë")]);
+
+    let alices = walk(&app, "&q=aLiCe&sort=-id", 2).await;
+    let alice_ids: Vec<_> = alices.iter().map(|u| u["id"].as_i64().unwrap()).collect();
+    assert_eq!(alice_ids, [id_of("alice"), id_of("ALICE"), id_of("Alice")]);
+    let (unicode, _) = page(&app, "?q=%C3%89MI").await; // "ÉMI"
+    assert_eq!(ids(&unicode), [id_of("Émile")]);
+    let (percent, _) = page(&app, "?q=%25").await; // a literal %
+    assert_eq!(ids(&percent), [id_of("100% Carl")]);
+    let (underscore, _) = page(&app, "?q=a_t").await; // a literal _
+    assert_eq!(ids(&underscore), [id_of("Dora_the")]);
+
+    let middle = &users[3];
+    let at = middle["created_at"].as_str().unwrap();
+    let encoded = at.replace('+', "%2B");
+    let after = walk(&app, &format!("&created_after={encoded}"), 2).await;
+    assert_eq!(after, users[4..].to_vec());
+    let before = walk(&app, &format!("&created_before={encoded}&role=Dev"), 2).await;
+    let expected: Vec<_> = users[..3]
+        .iter()
+        .filter(|u| u["role"] == "Dev")
+        .cloned()
+        .collect();
+    assert_eq!(before, expected);
+}
+
+#[tokio::test]
+async fn bad_sorts_filters_and_cursors_are_400s() {
+    let app = spawn_app().await;
+    seed(&app).await;
+    let (first, _) = page(&app, "?limit=2&sort=name").await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let mut tampered = cursor.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for query in [
+        "?sort=email".to_owned(),
+        "?sort=--id".to_owned(),
+        "?email=not-an-email".to_owned(),
+        "?created_after=yesterday".to_owned(),
+        "?created_after=2030-01-01T00:00:00Z&created_before=2020-01-01T00:00:00Z".to_owned(),
+        format!("?limit=2&sort=name&cursor={tampered}"),
+        // A cursor is bound to its query: another sort or filter refuses it.
+        format!("?limit=2&sort=-name&cursor={cursor}"),
+        format!("?limit=2&sort=name&role=Dev&cursor={cursor}"),
+        "?cursor=djE6Mg".to_owned(),
+    ] {
+        let problem = assert_problem(app.list_users(&query).await, 400).await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{query}");
+    }
+    // The untampered cursor still works with its own query.
+    let (second, _) = page(&app, &format!("?limit=2&sort=name&cursor={cursor}")).await;
+    assert_eq!(second["items"].as_array().unwrap().len(), 2);
+}
