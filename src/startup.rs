@@ -8,7 +8,7 @@ use std::{
 };
 
 use poem::{
-    Endpoint, EndpointExt, Route, Server, get,
+    Endpoint, EndpointExt, IntoResponse, Route, Server, get,
     http::Method,
     listener::{Acceptor, Listener, TcpListener},
     middleware::{CatchPanic, Cors},
@@ -70,15 +70,17 @@ impl Policy {
 /// The whole HTTP application: API, spec, docs, and the edge every request passes.
 pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
+    let docs = Docs::new(&service);
     let routes = Route::new()
-        .nest("/docs", service.swagger_ui())
+        .nest("/docs", swagger_page(service.swagger_ui(), docs.swagger))
+        .at("/redoc", get(html_page(docs.redoc)))
         .at(
             format!("{API_PREFIX}/openapi.json"),
-            get(service.spec_endpoint()),
+            get(text_document(docs.json, "application/json")),
         )
         .at(
             format!("{API_PREFIX}/openapi.yaml"),
-            get(service.spec_endpoint_yaml()),
+            get(text_document(docs.yaml, "application/yaml")),
         )
         .nest_no_strip("/", service)
         .data(state.clone())
@@ -88,6 +90,62 @@ pub fn app(state: AppState) -> impl Endpoint {
     routes
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .around(move |next, request| edge(next, request, state.clone()))
+}
+
+/// The spec in every form it is served in, built once. poem-openapi's docs pages embed the spec
+/// it derives; they get the full document instead (with the links it cannot express), so
+/// every view shows exactly what `users-api openapi` prints.
+struct Docs {
+    json: Arc<str>,
+    yaml: Arc<str>,
+    swagger: Arc<str>,
+    redoc: Arc<str>,
+}
+
+impl Docs {
+    fn new<T: poem_openapi::OpenApi>(service: &poem_openapi::OpenApiService<T, ()>) -> Self {
+        let derived = service.spec();
+        let full =
+            serde_json::to_string(&api::spec_document()).expect("a JSON document serialises");
+        let embed = |html: String| -> Arc<str> {
+            assert!(
+                html.contains(&derived),
+                "the docs page embeds the derived spec"
+            );
+            html.replacen(&derived, &full, 1).into()
+        };
+        Docs {
+            json: api::spec(false).into(),
+            yaml: api::spec(true).into(),
+            swagger: embed(service.swagger_ui_html()),
+            redoc: embed(service.redoc_html()),
+        }
+    }
+}
+
+fn text_document(text: Arc<str>, content_type: &'static str) -> impl Endpoint {
+    poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type(content_type)
+            .body(text.to_string())
+    })
+}
+
+fn html_page(html: Arc<str>) -> impl Endpoint {
+    poem::endpoint::make_sync(move |_| poem::web::Html(html.to_string()))
+}
+
+/// Swagger UI's own routes (its OAuth redirect page) with its index page swapped for ours.
+fn swagger_page(ui: impl Endpoint + 'static, html: Arc<str>) -> impl Endpoint {
+    ui.around(move |ui, request| {
+        let html = html.clone();
+        async move {
+            if request.uri().path().trim_end_matches('/').is_empty() {
+                return Ok(poem::web::Html(html.to_string()).into_response());
+            }
+            ui.call(request).await.map(IntoResponse::into_response)
+        }
+    })
 }
 
 /// CORS for the configured origins only; what browsers may send and read is what the API uses.

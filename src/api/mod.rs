@@ -9,6 +9,7 @@ pub mod problem;
 pub mod users;
 
 use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
+use serde_json::{Value, json};
 
 use crate::{
     domain::{Cursor, ListQuery},
@@ -36,16 +37,26 @@ pub enum ApiTags {
 const DESCRIPTION: &str = "\
 A versioned REST API for a *users* resource.
 
-**Authentication.** Every `/api/v1/users` operation needs an API key sent as \
-`Authorization: Bearer uak_…`. Keys carry scopes: `users:read` for reads, `users:write` for \
-writes, `admin` for everything. On first start the server prints an admin key once; create more \
-with `users-api keys create --name NAME --scope SCOPE`. In this page, use **Authorize**.
+**Authentication.** Every `/api/v1` data operation needs credentials in `Authorization: Bearer`: \
+an API key (`uak_…`) or, where the deployment trusts an identity provider, an OAuth 2.0 access \
+token. Scopes: `users:read` for reads, `users:write` for writes, `admin` for everything \
+including key management. On first start the server prints an admin key once; create more with \
+`POST /api/v1/api-keys` or `users-api keys create`. In this page, use **Authorize**.
 
 **Errors.** Every 4xx and 5xx response is an RFC 9457 problem (`application/problem+json`) with \
 `type`, `title`, `status`, `detail` and the `request_id` also sent as `X-Request-Id`; a \
 validation failure lists each invalid member under `errors`.
 
-**Pagination.** `GET /api/v1/users` returns pages in id order; follow `next_cursor`.";
+**Listing.** `GET /api/v1/users` filters (`role`, `email`, `q`, `created_after`, \
+`created_before`), sorts (`sort=-created_at`) and pages by opaque cursor: follow `next_cursor` or \
+the `Link: rel=\"next\"` header.
+
+**Concurrency and retries.** Single-user responses carry a strong `ETag`: send it in \
+`If-None-Match` for a 304, or in `If-Match` to write only if nothing changed meanwhile (else \
+412). Send an `Idempotency-Key` with `POST /api/v1/users` to make retries safe.
+
+**Limits.** Requests are rate-limited per caller (`RateLimit-*` headers; 429 with \
+`Retry-After`), bodies to 64 KiB by default.";
 
 /// Page size when a listing's `limit` is omitted.
 fn default_page_limit() -> u64 {
@@ -83,12 +94,37 @@ pub fn service() -> OpenApiService<(UsersApi, ApiKeysApi, OperationsApi), ()> {
         )
 }
 
-/// The spec as `users-api openapi` prints it and `openapi/` commits it.
+/// The spec document: what poem-openapi derives from the code, plus the OpenAPI links it has
+/// no attribute for. Links tell clients (and stateful fuzzers) that the `id` a create returns
+/// feeds the single-resource operations.
+pub fn spec_document() -> Value {
+    let mut spec: Value =
+        serde_json::from_str(&service().spec()).expect("poem-openapi emits valid JSON");
+    let by_id = |operation: &str| {
+        json!({
+            "operationId": operation,
+            "parameters": {"id": "$response.body#/id"},
+        })
+    };
+    spec["paths"]["/api/v1/users"]["post"]["responses"]["201"]["links"] = json!({
+        "GetUser": by_id("getUser"),
+        "ReplaceUser": by_id("replaceUser"),
+        "UpdateUser": by_id("updateUser"),
+        "DeleteUser": by_id("deleteUser"),
+    });
+    spec["paths"]["/api/v1/api-keys"]["post"]["responses"]["201"]["links"] = json!({
+        "GetApiKey": by_id("getApiKey"),
+        "RevokeApiKey": by_id("revokeApiKey"),
+    });
+    spec
+}
+
+/// The spec as `users-api openapi` prints it, `openapi/` commits it and the server serves it.
 pub fn spec(yaml: bool) -> String {
-    let service = service();
+    let spec = spec_document();
     if yaml {
-        service.spec_yaml()
+        serde_yaml::to_string(&spec).expect("a JSON document is valid YAML")
     } else {
-        service.spec()
+        serde_json::to_string_pretty(&spec).expect("a JSON document serialises")
     }
 }

@@ -88,8 +88,7 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
             AppError::BadRequest(format!("the request body is not valid JSON: {err}"))
         })?;
         let parsed = S::parse(&value).map_err(AppError::Validation)?;
-        // serde_json's map is ordered by key, so serialising the value canonicalises it.
-        let fingerprint = Sha256::digest(value.to_string().as_bytes())
+        let fingerprint = Sha256::digest(canonical_json(&value).as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
@@ -101,6 +100,49 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
 }
 
 impl_apirequest_for_payload!(JsonBody<S>, S: BodySchema);
+
+/// JSON text with object members sorted by key at every level, so two bodies that mean the
+/// same produce the same text whatever their member order or whitespace.
+fn canonical_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut members: Vec<_> = map.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            let inner: Vec<String> = members
+                .into_iter()
+                .map(|(key, value)| {
+                    format!("{}:{}", Value::from(key.as_str()), canonical_json(value))
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", inner.join(","))
+        }
+        scalar => scalar.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+
+    #[test]
+    fn canonical_json_ignores_member_order_and_whitespace() {
+        let parse = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+        let a = parse(r#"{"b": [1, {"y": 2, "x": 1}], "a": "é"}"#);
+        let b = parse(r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&b), r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
+        let reordered = parse(r#"{"b":[{"x":1,"y":2},1],"a":"é"}"#);
+        assert_ne!(
+            canonical_json(&a),
+            canonical_json(&reordered),
+            "array order matters"
+        );
+    }
+}
 
 /// A JSON response body kept as text: one recorded earlier and replayed byte for byte (an
 /// idempotent retry), documented with the schema of `T`.

@@ -179,9 +179,23 @@ async fn a_key_revoked_while_the_server_runs_stops_working() {
 #[tokio::test]
 async fn docs_spec_and_root_are_public() {
     let app = spawn_app().await;
-    let docs = app.client.get(app.url("/docs")).send().await.unwrap();
-    assert_eq!(docs.status(), 200);
-    assert!(docs.text().await.unwrap().contains("swagger"));
+    // Both docs views embed the whole spec, links included.
+    for page in ["/docs", "/redoc"] {
+        let html = app.client.get(app.url(page)).send().await.unwrap();
+        assert_eq!(html.status(), 200, "{page}");
+        assert!(
+            html.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let html = html.text().await.unwrap();
+        assert!(html.contains("\"operationId\":\"listUsers\""), "{page}");
+        assert!(
+            html.contains("$response.body#/id"),
+            "{page} shows the OpenAPI links"
+        );
+    }
     let spec: Value = app
         .client
         .get(app.url("/api/v1/openapi.json"))
