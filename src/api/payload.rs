@@ -124,26 +124,6 @@ fn canonical_json(value: &Value) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::canonical_json;
-
-    #[test]
-    fn canonical_json_ignores_member_order_and_whitespace() {
-        let parse = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
-        let a = parse(r#"{"b": [1, {"y": 2, "x": 1}], "a": "é"}"#);
-        let b = parse(r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
-        assert_eq!(canonical_json(&a), canonical_json(&b));
-        assert_eq!(canonical_json(&b), r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
-        let reordered = parse(r#"{"b":[{"x":1,"y":2},1],"a":"é"}"#);
-        assert_ne!(
-            canonical_json(&a),
-            canonical_json(&reordered),
-            "array order matters"
-        );
-    }
-}
-
 /// A JSON response body kept as text: one recorded earlier and replayed byte for byte (an
 /// idempotent retry), documented with the schema of `T`.
 pub struct RecordedJson<T> {
@@ -185,5 +165,25 @@ impl<T: Send> poem::IntoResponse for RecordedJson<T> {
         poem::Response::builder()
             .content_type("application/json; charset=utf-8")
             .body(self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_json;
+
+    #[test]
+    fn canonical_json_ignores_member_order_and_whitespace() {
+        let parse = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+        let a = parse(r#"{"b": [1, {"y": 2, "x": 1}], "a": "é"}"#);
+        let b = parse(r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&b), r#"{"a":"é","b":[1,{"x":1,"y":2}]}"#);
+        let reordered = parse(r#"{"b":[{"x":1,"y":2},1],"a":"é"}"#);
+        assert_ne!(
+            canonical_json(&a),
+            canonical_json(&reordered),
+            "array order matters"
+        );
     }
 }
