@@ -15,6 +15,7 @@ mod oauth;
 mod observability;
 mod query_plan;
 mod scale_out;
+mod sdk;
 mod spec;
 mod sqlite;
 mod users;

@@ -31,6 +31,8 @@ mod query_plan;
 mod resilience;
 #[path = "../api/scale_out.rs"]
 mod scale_out;
+#[path = "../api/sdk.rs"]
+mod sdk;
 #[path = "../api/spec.rs"]
 mod spec;
 #[path = "../api/users.rs"]
