@@ -27,6 +27,9 @@ impl FieldError {
 pub enum AppError {
     #[error("{resource} {id} does not exist")]
     NotFound { resource: &'static str, id: i64 },
+    /// A revoked key is gone as a resource; its record stays in the listing for audit.
+    #[error("API key {id} has been revoked; its record remains in the key listing")]
+    KeyRevoked { id: i64 },
     /// `If-Match` named a version that is no longer current.
     #[error("the resource has changed since the ETag in `If-Match` was issued; fetch it again")]
     PreconditionFailed,
@@ -67,7 +70,7 @@ impl AppError {
     /// A stable slug naming the kind of problem; it becomes the problem `type`.
     pub fn kind(&self) -> &'static str {
         match self {
-            AppError::NotFound { .. } => "not-found",
+            AppError::NotFound { .. } | AppError::KeyRevoked { .. } => "not-found",
             AppError::PreconditionFailed => "precondition-failed",
             AppError::PreconditionRequired => "precondition-required",
             AppError::IdempotencyKeyReused => "idempotency-key-reused",
@@ -155,7 +158,7 @@ pub fn is_transient(err: &DbErr) -> bool {
 impl ResponseError for AppError {
     fn status(&self) -> StatusCode {
         match self {
-            AppError::NotFound { .. } => StatusCode::NOT_FOUND,
+            AppError::NotFound { .. } | AppError::KeyRevoked { .. } => StatusCode::NOT_FOUND,
             AppError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             AppError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

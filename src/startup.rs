@@ -18,7 +18,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     api::{
         self, API_PREFIX,
-        edge::{edge, render_errors},
+        edge::{AllowTable, edge, render_errors},
     },
     auth::{OAUTH_FLOW_URLS, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
@@ -70,7 +70,8 @@ impl Policy {
 /// The whole HTTP application: API, spec, docs, and the edge every request passes.
 pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
-    let docs = Docs::new(&service);
+    let document = api::spec_document();
+    let docs = Docs::new(&service, &document);
     let routes = Route::new()
         .nest("/docs", swagger_page(service.swagger_ui(), docs.swagger))
         .at("/redoc", get(html_page(docs.redoc)))
@@ -87,9 +88,19 @@ pub fn app(state: AppState) -> impl Endpoint {
         .with(CatchPanic::new())
         .around(render_errors);
     let cors = (!state.policy.cors_allow_origins.is_empty()).then(|| cors(&state.policy));
+    let allow = Arc::new(AllowTable::new(
+        &document,
+        &[
+            "/",
+            "/docs",
+            "/redoc",
+            "/api/v1/openapi.json",
+            "/api/v1/openapi.yaml",
+        ],
+    ));
     routes
         .with_if(cors.is_some(), cors.unwrap_or_default())
-        .around(move |next, request| edge(next, request, state.clone()))
+        .around(move |next, request| edge(next, request, state.clone(), allow.clone()))
 }
 
 /// The spec in every form it is served in, built once. poem-openapi's docs pages embed the spec
@@ -103,10 +114,12 @@ struct Docs {
 }
 
 impl Docs {
-    fn new<T: poem_openapi::OpenApi>(service: &poem_openapi::OpenApiService<T, ()>) -> Self {
+    fn new<T: poem_openapi::OpenApi>(
+        service: &poem_openapi::OpenApiService<T, ()>,
+        document: &serde_json::Value,
+    ) -> Self {
         let derived = service.spec();
-        let full =
-            serde_json::to_string(&api::spec_document()).expect("a JSON document serialises");
+        let full = serde_json::to_string(document).expect("a JSON document serialises");
         let embed = |html: String| -> Arc<str> {
             assert!(
                 html.contains(&derived),
@@ -115,8 +128,8 @@ impl Docs {
             html.replacen(&derived, &full, 1).into()
         };
         Docs {
-            json: api::spec(false).into(),
-            yaml: api::spec(true).into(),
+            json: api::render_spec(document, false).into(),
+            yaml: api::render_spec(document, true).into(),
             swagger: embed(service.swagger_ui_html()),
             redoc: embed(service.redoc_html()),
         }

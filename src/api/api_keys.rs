@@ -14,10 +14,10 @@ use serde_json::Value;
 use super::{
     ApiTags,
     payload::{BodySchema, JsonBody},
-    problem::{ApiResult, CreateErrors, ListErrors, OneErrors},
+    problem::{ApiResult, CreateErrors, ListErrors, OneErrors, RevokeErrors},
 };
 use crate::{
-    auth::Auth,
+    auth::{Auth, Subject},
     domain::{ListQuery, NewApiKey, Scope, ScopeSet},
     error::{AppError, FieldError},
     startup::AppState,
@@ -103,7 +103,11 @@ pub struct ApiKeyCreated {
 #[oai(example)]
 pub struct ApiKeyInput {
     /// 1 to 100 characters after trimming.
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    ))]
     pub name: String,
     /// At least one scope.
     #[oai(validator(min_items = 1))]
@@ -192,6 +196,7 @@ impl ApiKeysApi {
         )]
         limit: Query<u64>,
         /// The `next_cursor` of the previous page; omit for the first page.
+        #[oai(validator(min_length = 1, max_length = 1024, pattern = "^[A-Za-z0-9_-]+$"))]
         cursor: Query<Option<String>>,
     ) -> ApiResult<ListApiKeysResponse, ListErrors> {
         auth.0.require(Scope::Admin)?;
@@ -249,7 +254,7 @@ impl ApiKeysApi {
 
     /// Get an API key
     ///
-    /// Metadata only. Needs `admin`.
+    /// Metadata only. A revoked key is gone (404); its record stays in `listApiKeys`. Needs `admin`.
     #[oai(path = "/api-keys/:id", method = "get", operation_id = "getApiKey")]
     async fn get_api_key(
         &self,
@@ -260,13 +265,17 @@ impl ApiKeysApi {
     ) -> ApiResult<ApiKeyResponse, OneErrors> {
         auth.0.require(Scope::Admin)?;
         let key = store::api_keys::get(&state.db, id.0).await?;
+        if key.revoked_at.is_some() {
+            return Err(AppError::KeyRevoked { id: id.0 }.into());
+        }
         Ok(ApiKeyResponse::Ok(Json(ApiKey::from_model(key, &state))))
     }
 
     /// Revoke an API key
     ///
-    /// The key is refused from the next request on; its metadata stays listed. Revoking a
-    /// revoked key succeeds. Needs `admin`.
+    /// The key is refused from the next request on and `getApiKey` answers 404 for it; its record
+    /// stays in `listApiKeys` with `revoked_at`, for audit. Revoking a revoked key succeeds. A key
+    /// cannot revoke itself (409). Needs `admin`.
     #[oai(
         path = "/api-keys/:id",
         method = "delete",
@@ -278,8 +287,16 @@ impl ApiKeysApi {
         state: Data<&AppState>,
         /// The key's id.
         id: Path<i64>,
-    ) -> ApiResult<RevokeApiKeyResponse, OneErrors> {
+    ) -> ApiResult<RevokeApiKeyResponse, RevokeErrors> {
         auth.0.require(Scope::Admin)?;
+        if auth.0.subject == Subject::ApiKey(id.0) {
+            // Revoking the key in hand would lock its holder out mid-session; that is done with
+            // another admin key, deliberately.
+            return Err(AppError::Conflict(
+                "a key cannot revoke itself; revoke it with another admin key".into(),
+            )
+            .into());
+        }
         let key = store::api_keys::revoke(&state.db, id.0).await?;
         tracing::info!(
             event = "api_key.revoked",

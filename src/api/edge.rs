@@ -144,6 +144,7 @@ pub async fn edge<E: Endpoint>(
     next: E,
     mut request: Request,
     state: AppState,
+    allow: Arc<AllowTable>,
 ) -> poem::Result<Response> {
     let request_id = incoming_request_id(&request).unwrap_or_else(|| Uuid::new_v4().to_string());
     let method = request.method().clone();
@@ -218,9 +219,16 @@ pub async fn edge<E: Endpoint>(
     .instrument(span.clone())
     .await;
 
+    let method_not_allowed = response.status() == StatusCode::METHOD_NOT_ALLOWED;
     let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(REQUEST_ID, value);
+    }
+    if method_not_allowed
+        && let Some(methods) = allow.allowed(&path)
+        && let Ok(value) = HeaderValue::from_str(methods)
+    {
+        headers.insert(header::ALLOW, value);
     }
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -275,4 +283,50 @@ fn plain_error_problem(response: &Response) -> Option<Problem> {
         "client-error",
         "the request was rejected",
     ))
+}
+
+/// Which methods each path answers, for the `Allow` header a 405 must carry (RFC 9110 §15.5.6).
+pub struct AllowTable {
+    routes: Vec<(Vec<String>, String)>,
+}
+
+impl AllowTable {
+    /// From the spec's paths (`{id}` matches any one segment), plus the GET-only pages outside it.
+    pub fn new(spec: &serde_json::Value, extra_get_paths: &[&str]) -> Self {
+        let mut routes = Vec::new();
+        let mut add = |path: &str, mut methods: Vec<String>| {
+            if methods.iter().any(|m| m == "GET") {
+                methods.push("HEAD".into());
+            }
+            let segments = path.split('/').map(str::to_owned).collect();
+            routes.push((segments, methods.join(", ")));
+        };
+        if let Some(paths) = spec["paths"].as_object() {
+            for (path, item) in paths {
+                let methods = item
+                    .as_object()
+                    .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
+                    .unwrap_or_default();
+                add(path, methods);
+            }
+        }
+        for path in extra_get_paths {
+            add(path, vec!["GET".into()]);
+        }
+        AllowTable { routes }
+    }
+
+    pub fn allowed(&self, path: &str) -> Option<&str> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.routes
+            .iter()
+            .find(|(pattern, _)| {
+                pattern.len() == segments.len()
+                    && pattern
+                        .iter()
+                        .zip(&segments)
+                        .all(|(p, s)| p == s || (p.starts_with('{') && p.ends_with('}')))
+            })
+            .map(|(_, methods)| methods.as_str())
+    }
 }

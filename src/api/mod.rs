@@ -112,16 +112,21 @@ pub fn spec_document() -> Value {
         "UpdateUser": by_id("updateUser"),
         "DeleteUser": by_id("deleteUser"),
     });
+    // No revoke link: revoking keeps the key's record for audit, so unlike a deleted user it
+    // stays readable, and a link would tell stateful clients to expect it gone.
     spec["paths"]["/api/v1/api-keys"]["post"]["responses"]["201"]["links"] = json!({
         "GetApiKey": by_id("getApiKey"),
-        "RevokeApiKey": by_id("revokeApiKey"),
     });
     spec
 }
 
 /// The spec as `users-api openapi` prints it, `openapi/` commits it and the server serves it.
 pub fn spec(yaml: bool) -> String {
-    let spec = spec_document();
+    render_spec(&spec_document(), yaml)
+}
+
+/// A spec document as JSON (pretty) or YAML text.
+pub fn render_spec(spec: &Value, yaml: bool) -> String {
     if yaml {
         serde_yaml::to_string(&spec).expect("a JSON document is valid YAML")
     } else {

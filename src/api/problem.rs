@@ -218,7 +218,9 @@ fn describe(status: u16) -> &'static str {
             "The credentials are valid but lack the scope this operation needs; `WWW-Authenticate` names it (`error=\"insufficient_scope\"`)."
         }
         404 => "No resource has this id.",
-        409 => "Another user already has this email address (compared case-insensitively).",
+        409 => {
+            "The request conflicts with the current state: another user already has this email address (compared case-insensitively), or a key tried to revoke itself."
+        }
         412 => {
             "`If-Match` named an ETag that is no longer current: the resource changed meanwhile. Nothing was changed; fetch it again."
         }
@@ -303,6 +305,8 @@ error_statuses! {
     ListErrors: [400, 401, 403, 429, 500, 503];
     /// Reading one resource by id.
     OneErrors: [400, 401, 403, 404, 429, 500, 503];
+    /// Revoking an API key (not the one making the request).
+    RevokeErrors: [400, 401, 403, 404, 409, 429, 500, 503];
     /// Deleting one resource by id, possibly conditionally.
     DeleteErrors: [400, 401, 403, 404, 412, 428, 429, 500, 503];
     /// Creating a resource from a body.

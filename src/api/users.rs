@@ -92,10 +92,18 @@ impl From<Model> for User {
 #[oai(example)]
 pub struct UserInput {
     /// Display name; surrounding whitespace is trimmed and must leave 1 to 100 characters.
-    #[oai(validator(min_length = 1, max_length = 100))]
+    #[oai(validator(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    ))]
     pub name: String,
     /// Role; surrounding whitespace is trimmed and must leave 1 to 50 characters.
-    #[oai(validator(min_length = 1, max_length = 50))]
+    #[oai(validator(
+        min_length = 1,
+        max_length = 50,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    ))]
     pub role: String,
     /// Optional email address, unique case-insensitively. Omit it or send `null` for none.
     #[oai(nullable, validator(max_length = 254))]
@@ -127,13 +135,21 @@ pub struct UserPatch {
     /// New display name, 1 to 100 characters after trimming.
     #[oai(
         skip_serializing_if_is_none,
-        validator(min_length = 1, max_length = 100)
+        validator(
+            min_length = 1,
+            max_length = 100,
+            pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+        )
     )]
     pub name: Option<String>,
     /// New role, 1 to 50 characters after trimming.
     #[oai(
         skip_serializing_if_is_none,
-        validator(min_length = 1, max_length = 50)
+        validator(
+            min_length = 1,
+            max_length = 50,
+            pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+        )
     )]
     pub role: Option<String>,
     /// New email address, or `null` to remove it.
@@ -309,6 +325,7 @@ impl UsersApi {
         )]
         limit: Query<u64>,
         /// The `next_cursor` of the previous page; omit for the first page.
+        #[oai(validator(min_length = 1, max_length = 1024, pattern = "^[A-Za-z0-9_-]+$"))]
         cursor: Query<Option<String>>,
         /// Order: `id`, `name` or `created_at`, with a leading `-` for descending. Default `id`.
         sort: Query<Option<UserSort>>,
@@ -317,7 +334,7 @@ impl UsersApi {
         role: Query<Option<String>>,
         /// Only the user with this email address (compared case-insensitively).
         #[oai(validator(max_length = 254))]
-        email: Query<Option<String>>,
+        email: Query<Option<Email>>,
         /// Only users whose name contains this text, case-insensitively.
         #[oai(validator(min_length = 1, max_length = 100))]
         q: Query<Option<String>>,
@@ -329,7 +346,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersRead)?;
         let filter = UserFilter::new(
             role.0.clone(),
-            email.0.as_deref(),
+            email.0.as_ref().map(|email| email.as_str()),
             q.0.as_deref(),
             created_after.0,
             created_before.0,
@@ -348,7 +365,7 @@ impl UsersApi {
                     ("limit", Some(limit.0.to_string())),
                     ("sort", sort.0.map(|_| query.sort.as_str())),
                     ("role", role.0.clone()),
-                    ("email", email.0.clone()),
+                    ("email", email.0.as_ref().map(|email| email.to_string())),
                     ("q", q.0.clone()),
                     ("created_after", created_after.0.map(|at| at.to_rfc3339())),
                     ("created_before", created_before.0.map(|at| at.to_rfc3339())),

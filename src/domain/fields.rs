@@ -120,14 +120,18 @@ impl<'a> FieldReader<'a> {
 }
 
 /// Trims `raw` and checks its length in characters (not bytes, so "José" is four).
+///
+/// The limit counts the value as sent, surrounding whitespace included, so it matches the
+/// `maxLength` the spec publishes: a client validating against the spec never sends what the
+/// server would refuse, and the server refuses everything the spec calls too long.
 pub fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
-    let text = raw.trim();
-    let len = text.chars().count();
-    if len == 0 {
-        return Err("must not be blank".into());
-    }
+    let len = raw.chars().count();
     if len > max {
         return Err(format!("must be at most {max} characters, got {len}"));
+    }
+    let text = raw.trim();
+    if text.is_empty() {
+        return Err("must not be blank".into());
     }
     if text.chars().any(char::is_control) {
         return Err("must not contain control characters".into());

@@ -92,15 +92,46 @@ async fn keys_are_managed_over_http_and_secrets_shown_once() {
             .status(),
         204
     );
-    let fetched: Value = app
-        .request(Method::GET, &location)
+    // Revoked, the key is gone as a resource, but its record stays listed for audit.
+    let gone = app.request(Method::GET, &location).send().await.unwrap();
+    let problem = assert_problem(gone, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("revoked"));
+    let listed: Value = app
+        .request(Method::GET, "/api/v1/api-keys")
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert!(fetched["revoked_at"].is_string());
+    let record = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id)
+        .unwrap();
+    assert!(record["revoked_at"].is_string());
+
+    // No key can revoke itself: that would lock its holder out mid-session.
+    let own_id = app
+        .request(Method::GET, "/api/v1/api-keys")
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["items"][0]["id"]
+        .clone();
+    let refused = app
+        .request(Method::DELETE, &format!("/api/v1/api-keys/{own_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        assert_problem(refused, 409).await["type"],
+        "urn:users-api:problem:conflict"
+    );
+    assert_eq!(app.list_users("").await.status(), 200);
 
     assert_problem(
         app.request(Method::GET, "/api/v1/api-keys/9999")

@@ -109,14 +109,14 @@ async fn pagination_through_the_sdk() {
             .unwrap();
     }
     let mut names = Vec::new();
-    let mut cursor: Option<String> = None;
+    let mut cursor: Option<types::ListUsersCursor> = None;
     let limit = std::num::NonZeroU64::new(3);
     loop {
         let page = api
             .list_users(
                 None,
                 None,
-                cursor.as_deref(),
+                cursor.as_ref(),
                 None,
                 limit,
                 None,
@@ -128,7 +128,7 @@ async fn pagination_through_the_sdk() {
             .into_inner();
         names.extend(page.items.into_iter().map(|u| u.name));
         match page.next_cursor {
-            Some(next) => cursor = Some(next),
+            Some(next) => cursor = Some(next.parse().unwrap()),
             None => break,
         }
     }
@@ -161,6 +161,20 @@ async fn conditional_requests_through_the_sdk() {
     assert_eq!(api.get_user(id, Some(&stale)).await.unwrap().status(), 200);
 }
 
+#[test]
+fn the_sdk_refuses_what_the_spec_forbids_before_sending() {
+    assert!(types::UserInputName::try_from("   ").is_err(), "blank");
+    assert!(
+        types::UserInputName::try_from("a\u{7}b").is_err(),
+        "control character"
+    );
+    assert!(
+        types::UserInputName::try_from("x".repeat(101)).is_err(),
+        "too long"
+    );
+    assert!(types::UserInputName::try_from(" Zoë ").is_ok());
+}
+
 #[tokio::test]
 async fn every_error_class_arrives_as_a_typed_problem() {
     let app = spawn_app().await;
@@ -178,16 +192,28 @@ async fn every_error_class_arrives_as_a_typed_problem() {
         (409, "urn:users-api:problem:conflict")
     );
 
-    let (status, p) = problem(api.create_user(None, &input("   ", "Dev", None)).await);
+    let (status, p) = problem(
+        api.create_user(None, &input("Eve", "Dev", Some("eve@localhost")))
+            .await,
+    );
     assert_eq!(
         (status, p.type_.as_str()),
         (422, "urn:users-api:problem:validation-error")
     );
-    assert_eq!(p.errors[0].pointer, "/name");
+    assert_eq!(p.errors[0].pointer, "/email");
 
     let (status, _) = problem(
-        api.list_users(None, None, Some("bogus"), None, None, None, None, None)
-            .await,
+        api.list_users(
+            None,
+            None,
+            Some(&"bogus".parse().unwrap()),
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+        .await,
     );
     assert_eq!(status, 400);
 
