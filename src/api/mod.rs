@@ -112,6 +112,23 @@ pub fn spec_document() -> Value {
         "UpdateUser": by_id("updateUser"),
         "DeleteUser": by_id("deleteUser"),
     });
+    // Relative to the document: whatever host serves the spec also serves the API.
+    spec["servers"] = json!([{"url": "/", "description": "The host serving this document"}]);
+    // Public operations say so: an empty requirement list means "no credentials needed".
+    if let Some(paths) = spec["paths"].as_object_mut() {
+        for (path, item) in paths.iter_mut() {
+            if path.starts_with(API_PREFIX) {
+                continue;
+            }
+            for operation in item
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|ops| ops.values_mut())
+            {
+                operation["security"] = json!([]);
+            }
+        }
+    }
     // No revoke link: revoking keeps the key's record for audit, so unlike a deleted user it
     // stays readable, and a link would tell stateful clients to expect it gone.
     spec["paths"]["/api/v1/api-keys"]["post"]["responses"]["201"]["links"] = json!({

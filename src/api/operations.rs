@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     ApiTags,
-    problem::{ApiResult, MetricsErrors, ReadyErrors},
+    problem::{ApiResult, LiveErrors, MetricsErrors, ReadyErrors},
 };
 use crate::{error::AppError, startup::AppState};
 
@@ -69,8 +69,8 @@ impl OperationsApi {
     ///
     /// 200 whenever the process serves HTTP; restart it if this fails.
     #[oai(path = "/health/live", method = "get", operation_id = "getLiveness")]
-    async fn live(&self) -> LiveResponse {
-        LiveResponse::Ok(ok())
+    async fn live(&self) -> ApiResult<LiveResponse, LiveErrors> {
+        Ok(LiveResponse::Ok(ok()))
     }
 
     /// Readiness

@@ -297,22 +297,24 @@ macro_rules! error_statuses {
 }
 
 error_statuses! {
+    /// Liveness: only what any request can meet (oversized headers).
+    LiveErrors: [431];
     /// Readiness: the database does not answer.
-    ReadyErrors: [503];
+    ReadyErrors: [431, 503];
     /// Metrics behind a token.
-    MetricsErrors: [401];
+    MetricsErrors: [401, 431];
     /// Listing: bad query parameters or cursor, auth.
-    ListErrors: [400, 401, 403, 429, 500, 503];
+    ListErrors: [400, 401, 403, 429, 431, 500, 503];
     /// Reading one resource by id.
-    OneErrors: [400, 401, 403, 404, 429, 500, 503];
+    OneErrors: [400, 401, 403, 404, 429, 431, 500, 503];
     /// Revoking an API key (not the one making the request).
-    RevokeErrors: [400, 401, 403, 404, 409, 429, 500, 503];
+    RevokeErrors: [400, 401, 403, 404, 409, 429, 431, 500, 503];
     /// Deleting one resource by id, possibly conditionally.
-    DeleteErrors: [400, 401, 403, 404, 412, 428, 429, 500, 503];
+    DeleteErrors: [400, 401, 403, 404, 412, 428, 429, 431, 500, 503];
     /// Creating a resource from a body.
-    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 429, 500, 503];
+    CreateErrors: [400, 401, 403, 409, 413, 415, 422, 429, 431, 500, 503];
     /// Replacing or updating one resource from a body, possibly conditionally.
-    WriteOneErrors: [400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429, 500, 503];
+    WriteOneErrors: [400, 401, 403, 404, 409, 412, 413, 415, 422, 428, 429, 431, 500, 503];
 }
 
 #[cfg(test)]

@@ -99,6 +99,12 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
         (Method::POST, "/"),
     ] {
         let response = app.request(method, path).send().await.unwrap();
+        // RFC 9110: a 405 lists the methods the path does support.
+        let allow = response.headers()["allow"].to_str().unwrap().to_owned();
+        assert!(
+            allow.contains("GET") && allow.contains("HEAD"),
+            "{path}: {allow}"
+        );
         assert_problem(response, 405).await;
     }
 }

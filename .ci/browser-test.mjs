@@ -1,0 +1,44 @@
+// Opens the live Swagger UI in headless Chromium, authorises with an API key, runs listUsers
+// and checks that the page shows the 200. Usage: node browser-test.mjs BASE_URL API_KEY
+import { chromium } from "playwright-core";
+
+const [base, key] = process.argv.slice(2);
+if (!base || !key) {
+  console.error("usage: node browser-test.mjs BASE_URL API_KEY");
+  process.exit(2);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const page = await browser.newPage();
+  await page.goto(`${base}/docs`);
+
+  await page.getByRole("button", { name: "Authorize" }).first().click();
+  // The dialog offers both schemes: the API key (http bearer) and OAuth2.
+  const dialog = page.locator(".dialog-ux");
+  await dialog.getByText("OAuth2 (OAuth2, clientCredentials)").waitFor();
+  await dialog.locator("#auth-bearer-value").fill(key);
+  await dialog.getByRole("button", { name: "Apply credentials" }).click();
+  await dialog.locator("button.btn-done").first().click();
+
+  const operation = page.locator("#operations-Users-listUsers");
+  await operation.locator(".opblock-summary").click();
+  await operation.getByRole("button", { name: "Try it out" }).click();
+  await operation.getByRole("button", { name: "Execute" }).click();
+
+  const status = operation.locator(".live-responses-table tr.response .response-col_status").first();
+  await status.waitFor({ timeout: 15000 });
+  const shown = (await status.innerText()).trim();
+  if (!shown.startsWith("200")) {
+    throw new Error(`Swagger UI shows ${shown} for listUsers, expected 200`);
+  }
+  console.log(`browser test: Swagger UI authorised with an API key and listUsers returned ${shown}`);
+} finally {
+  await browser.close();
+}
