@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""The load benchmark: `python3 benches/bench.py` (see README, "Performance").
+
+Builds release, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
+server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
+scenario, prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+same run, writes it as JSON, and stops every process it started.
+"""
+
+import argparse
+import base64
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "target/release/users-api"
+BASELINE = ROOT / "target/release/examples/bench_baseline"
+WRK_SCRIPT = ROOT / "benches/wrk.lua"
+
+
+def run(cmd, **kwargs):
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def seed(db_path, users):
+    """Creates the schema with the service's own migrations, then inserts users in one statement."""
+    run([SERVER, "migrate", "--database-url", f"sqlite://{db_path}", "--log-format", "json"],
+        stderr=subprocess.DEVNULL)
+    conn = sqlite3.connect(db_path)
+    conn.execute(
+        """
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO users (name, name_search, role, email, email_key, created_at, updated_at,
+                           created_by, updated_by, version)
+        SELECT 'User ' || i, 'user ' || i, CASE i % 3 WHEN 0 THEN 'Dev' WHEN 1 THEN 'Ops' ELSE 'QA' END,
+               'user' || i || '@example.com', 'user' || i || '@example.com',
+               strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-' || (? - i) || ' seconds'),
+               strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-' || (? - i) || ' seconds'),
+               'seed', 'seed', 1
+        FROM n
+        """,
+        (users, users, users),
+    )
+    conn.commit()
+    conn.close()
+    out = run([SERVER, "keys", "create", "--name", "bench", "--scope", "admin",
+               "--database-url", f"sqlite://{db_path}", "--log-format", "json"],
+              capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+class Process:
+    """A started server whose address is read from its output; stopped on exit."""
+
+    def __init__(self, cmd, address_from):
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 30
+        stream = self.proc.stdout if address_from == "stdout" else self.proc.stderr
+        self.addr = None
+        while time.time() < deadline and self.addr is None:
+            line = stream.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{cmd[0]} exited early")
+                continue
+            if address_from == "stdout":
+                self.addr = line.strip()
+            else:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if event.get("message") == "listening" and event.get("target") == "users_api::startup":
+                    self.addr = event["addr"]
+        if self.addr is None:
+            raise RuntimeError(f"{cmd[0]} did not report an address")
+        # Keep draining output so the pipes never fill and block the process.
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            subprocess.Popen(["cat"], stdin=pipe, stdout=subprocess.DEVNULL)
+
+    def peak_rss_kib(self):
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def server(db_path, extra=()):
+    return Process(
+        [SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db_path}",
+         "--log-format", "json", "--rate-limit", "0", "--rate-limit-anonymous", "0",
+         "--request-timeout-secs", "60", *extra],
+        "stderr",
+    )
+
+
+def wrk(addr, mode, args, key="", path="/", users=1000):
+    env = dict(os.environ, BENCH_MODE=mode, BENCH_KEY=key, BENCH_PATH=path, BENCH_USERS=str(users))
+    # Quiet logging: the benchmark measures the service, not the terminal.
+    out = run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
+               "-s", str(WRK_SCRIPT), f"http://{addr}"],
+              env=env, capture_output=True, text=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("BENCH "))
+    result = json.loads(line[len("BENCH "):])
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    return result
+
+
+def get_json(addr, path, key):
+    request = urllib.request.Request(f"http://{addr}{path}", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())
+
+
+def deep_cursor(addr, key, after_id):
+    """The cursor of the page after `after_id`: taken from a real first page and moved (the
+    benchmark knows the format; clients treat cursors as opaque)."""
+    cursor = get_json(addr, "/api/v1/users?limit=50", key)["next_cursor"]
+    payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    payload[2] = after_id
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--deep-users", type=int, default=1_000_000)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--output", default=str(ROOT / "target/bench/results.json"))
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+
+    if not args.no_build:
+        run(["cargo", "build", "--release", "--bin", "users-api", "--example", "bench_baseline"], cwd=ROOT)
+
+    started = []
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            baseline = Process([BASELINE, "127.0.0.1:0"], "stdout")
+            started.append(baseline)
+            main_db = Path(tmp) / "bench.db"
+            key = seed(main_db, args.users)
+            api = server(main_db)
+            started.append(api)
+
+            results["baseline (bare hyper)"] = wrk(baseline.addr, "baseline", args)
+            results["GET /users/{id}"] = wrk(api.addr, "get", args, key, users=args.users)
+            results["GET /users (50)"] = wrk(api.addr, "list", args, key, path="/api/v1/users?limit=50")
+            results["POST /users"] = wrk(api.addr, "create", args, key)
+            results["PATCH /users/{id}"] = wrk(api.addr, "patch", args, key, users=args.users)
+            results["90/10 get/patch"] = wrk(api.addr, "mix", args, key, users=args.users)
+            peak_rss = api.peak_rss_kib()
+            api.stop()
+
+            deep_db = Path(tmp) / "deep.db"
+            deep_key = seed(deep_db, args.deep_users)
+            deep = server(deep_db)
+            started.append(deep)
+            results["GET /users (50), 1M users, page 1"] = wrk(
+                deep.addr, "list", args, deep_key, path="/api/v1/users?limit=50")
+            cursor = deep_cursor(deep.addr, deep_key, 999 * 50)
+            results["GET /users (50), 1M users, page 1000"] = wrk(
+                deep.addr, "list", args, deep_key, path=f"/api/v1/users?limit=50&cursor={cursor}")
+    finally:
+        for process in started:
+            process.stop()
+
+    ceiling = results["baseline (bare hyper)"]["rps"]
+    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.users} users, "
+          f"{os.cpu_count()} cores shared by server and wrk\n")
+    print(f"{'scenario':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}")
+    for name, r in results.items():
+        r["ratio_to_baseline"] = r["rps"] / ceiling
+        errors = r["socket_errors"] + r["non_2xx"]
+        print(f"{name:42} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
+              f"{errors:7d} {r['ratio_to_baseline']:11.1%}")
+    first = results["GET /users (50), 1M users, page 1"]["rps"]
+    deep_rps = results["GET /users (50), 1M users, page 1000"]["rps"]
+    print(f"\npeak RSS of the server under load: {peak_rss / 1024:.1f} MiB")
+    print(f"page 1000 of 1M users vs page 1: {first / deep_rps:.2f}x the cost")
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    summary = {"settings": vars(args), "peak_rss_kib": peak_rss, "results": results}
+    Path(args.output).write_text(json.dumps(summary, indent=2))
+    print(f"written to {args.output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+-- wrk script for benches/bench.py. The request shape comes from the environment:
+-- BENCH_MODE (baseline | get | list | create | patch | mix), BENCH_KEY, BENCH_USERS, BENCH_PATH.
+local mode = os.getenv("BENCH_MODE") or "baseline"
+local key = os.getenv("BENCH_KEY")
+local users = tonumber(os.getenv("BENCH_USERS") or "1000")
+local path = os.getenv("BENCH_PATH") or "/"
+local created = 0
+
+local headers = {}
+if key and key ~= "" then
+  headers["Authorization"] = "Bearer " .. key
+end
+local json_headers = {}
+for k, v in pairs(headers) do json_headers[k] = v end
+json_headers["Content-Type"] = "application/json"
+
+local function get_user()
+  return wrk.format("GET", "/api/v1/users/" .. math.random(1, users), headers)
+end
+
+local function patch_user()
+  local body = '{"role":"Role ' .. math.random(1, 100000) .. '"}'
+  return wrk.format("PATCH", "/api/v1/users/" .. math.random(1, users), json_headers, body)
+end
+
+request = function()
+  if mode == "get" then
+    return get_user()
+  elseif mode == "create" then
+    created = created + 1
+    local body = '{"name":"Bench ' .. created .. ' ' .. math.random(1, 1000000) .. '","role":"Load"}'
+    return wrk.format("POST", "/api/v1/users", json_headers, body)
+  elseif mode == "patch" then
+    return patch_user()
+  elseif mode == "mix" then
+    if math.random(1, 10) == 1 then return patch_user() end
+    return get_user()
+  end
+  return wrk.format("GET", path, headers)
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {"requests":%d,"duration_us":%d,"socket_errors":%d,"non_2xx":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
