@@ -115,6 +115,10 @@ pub struct DbArgs {
         default_value_t = 30
     )]
     pub db_statement_timeout_secs: u64,
+    /// SQLite durability: `normal` keeps every acknowledged write through a crash of the
+    /// process (kill -9); `full` also through power loss, at a cost in write throughput.
+    #[arg(long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
+    pub sqlite_synchronous: SqliteSync,
     /// At start, how long to keep retrying a database that is not up yet, in seconds.
     #[arg(
         long,
@@ -136,6 +140,13 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// How long a verified API key is trusted without asking the database again, in seconds:
+    /// the bound on honouring a revocation made elsewhere (another instance, the CLI). 0: off.
+    #[arg(long, env = "KEY_CACHE_TTL_SECS", default_value_t = 5)]
+    pub key_cache_ttl_secs: u64,
+    /// Most API keys kept in that cache.
+    #[arg(long, env = "KEY_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub key_cache_capacity: usize,
     /// How often API-key `last_used_at` times are written to the database, in seconds.
     #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
     pub key_usage_flush_secs: u64,
@@ -233,6 +244,12 @@ impl OAuthArgs {
             token_url: self.oauth_token_url.clone()?,
         })
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSync {
+    Normal,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -20,7 +20,7 @@ use crate::{
         self, API_PREFIX,
         edge::{AllowTable, edge, render_errors},
     },
-    auth::{OAUTH_FLOW_URLS, oauth::OAuthVerifier, usage::KeyUsage},
+    auth::{OAUTH_FLOW_URLS, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
     domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
@@ -37,6 +37,7 @@ pub struct AppState {
     /// Present when OAuth access tokens are accepted.
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
+    pub key_cache: Arc<KeyCache>,
     pub policy: Arc<Policy>,
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
@@ -283,6 +284,10 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
+        key_cache: Arc::new(KeyCache::new(
+            Duration::from_secs(args.key_cache_ttl_secs),
+            args.key_cache_capacity,
+        )),
         policy: Arc::new(Policy::from_args(args)),
         limiter,
         metrics: Arc::new(Metrics::new()),

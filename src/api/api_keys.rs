@@ -298,6 +298,7 @@ impl ApiKeysApi {
             .into());
         }
         let key = store::api_keys::revoke(&state.db, id.0).await?;
+        state.key_cache.forget(key.id);
         tracing::info!(
             event = "api_key.revoked",
             key_id = key.id,

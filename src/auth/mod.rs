@@ -1,6 +1,7 @@
 //! Who is calling: the bearer credentials (API keys and OAuth access tokens) and the principal
 //! they yield.
 
+pub mod key_cache;
 pub mod oauth;
 pub mod usage;
 
@@ -12,6 +13,7 @@ use poem_openapi::{
     registry::{MetaOAuthFlow, MetaOAuthFlows, MetaOAuthScope, MetaSecurityScheme, Registry},
 };
 
+use self::key_cache::CachedKey;
 use crate::{
     api::edge::{ClientIp, RateLimitSlot},
     domain::{ApiKeySecret, Scope, ScopeSet},
@@ -234,22 +236,37 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
 }
 
 /// Unknown, revoked and expired keys are all 401; a use is noted for `last_used_at`.
+/// Live keys are served from the key cache for up to its TTL.
 async fn verify_key(state: &AppState, token: &str) -> Result<Principal, AppError> {
-    let key = store::api_keys::find_by_hash(&state.db, &ApiKeySecret::hash_presented(token))
-        .await?
-        .ok_or_else(|| AppError::InvalidToken("the API key is unknown".into()))?;
+    let hash = ApiKeySecret::hash_presented(token);
+    let key = match state.key_cache.get(&hash) {
+        Some(cached) => cached,
+        None => {
+            let key = store::api_keys::find_by_hash(&state.db, &hash)
+                .await?
+                .ok_or_else(|| AppError::InvalidToken("the API key is unknown".into()))?;
+            if key.revoked_at.is_some() {
+                return Err(AppError::InvalidToken(
+                    "the API key has been revoked".into(),
+                ));
+            }
+            let principal = Principal {
+                subject: Subject::ApiKey(key.id),
+                scopes: ScopeSet::from_stored(&key.scopes),
+            };
+            let cached = || CachedKey {
+                key_id: key.id,
+                principal: principal.clone(),
+                expires_at: key.expires_at,
+            };
+            state.key_cache.put(hash, cached());
+            cached()
+        }
+    };
     let now = store::now();
-    if key.revoked_at.is_some() {
-        return Err(AppError::InvalidToken(
-            "the API key has been revoked".into(),
-        ));
-    }
     if key.expires_at.is_some_and(|at| at <= now) {
         return Err(AppError::InvalidToken("the API key has expired".into()));
     }
-    state.key_usage.record(key.id, now);
-    Ok(Principal {
-        subject: Subject::ApiKey(key.id),
-        scopes: ScopeSet::from_stored(&key.scopes),
-    })
+    state.key_usage.record(key.key_id, now);
+    Ok(key.principal)
 }

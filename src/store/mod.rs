@@ -16,15 +16,24 @@ use sea_orm::{
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
-use crate::{config::DbArgs, domain::Cursor, error::AppError};
+use crate::{
+    config::{DbArgs, SqliteSync},
+    domain::Cursor,
+    error::AppError,
+};
 
 /// Opens the pool. For SQLite: the file is created if missing, WAL lets readers proceed
-/// beside the single writer, `synchronous=FULL` makes every acknowledged commit durable
-/// (even across power loss), the busy timeout queues writers instead of failing them, and
+/// beside the single writer, `synchronous=NORMAL` (the default) keeps every acknowledged commit
+/// through a process crash because the WAL is written before the commit returns (FULL adds
+/// an fsync per commit for power loss), the busy timeout queues writers instead of failing them, and
 /// foreign keys are enforced as on other backends. For PostgreSQL: a statement timeout keeps a
 /// stuck query from holding a connection forever.
 pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(&settings.database_url);
+    let synchronous = match settings.sqlite_synchronous {
+        SqliteSync::Normal => SqliteSynchronous::Normal,
+        SqliteSync::Full => SqliteSynchronous::Full,
+    };
     let acquire = Duration::from_secs(settings.db_acquire_timeout_secs.max(1));
     options
         .sqlx_logging(false)
@@ -32,11 +41,11 @@ pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
         .max_connections(settings.db_max_connections.max(2))
         .acquire_timeout(acquire)
         .connect_timeout(acquire)
-        .map_sqlx_sqlite_opts(|sqlite| {
+        .map_sqlx_sqlite_opts(move |sqlite| {
             sqlite
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
         });

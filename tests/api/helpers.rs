@@ -345,6 +345,28 @@ impl Drop for TestApp {
     }
 }
 
+/// Polls `call` until it answers `status`, failing after `within`: for effects that are
+/// promised within a bound (a revocation reaching every key cache) rather than at once.
+pub async fn eventually_status<F, Fut>(within: Duration, status: u16, call: F) -> Response
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let response = call().await;
+        if response.status() == status {
+            return response;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} after {within:?}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Asserts that a response is a problem with this status and returns its body.
 pub async fn assert_problem(response: Response, status: u16) -> Value {
     assert_eq!(response.status(), status, "status of {}", response.url());

@@ -30,6 +30,7 @@ async fn every_sort_walks_an_index_at_any_depth() {
         db_acquire_timeout_secs: 5,
         db_statement_timeout_secs: 30,
         db_startup_wait_secs: 5,
+        sqlite_synchronous: users_api::config::SqliteSync::Normal,
     };
     let db = store::connect(&args).await.unwrap();
     store::migrate(&db, async |_| Ok(())).await.unwrap();
