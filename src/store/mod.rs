@@ -48,6 +48,9 @@ pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
                 .synchronous(synchronous)
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
+                // sqlx's SQLite worker hands rows over a channel; one that holds a whole page
+                // (at most 201 rows) lets a query finish without a thread hand-off per row.
+                .row_buffer_size(256)
         });
     if settings.db_statement_timeout_secs > 0 {
         options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
