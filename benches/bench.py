@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The load benchmark: `python3 benches/bench.py` (see README, "Performance").
 
-Builds release, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
+Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
 scenario, prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, writes it as JSON, and stops every process it started.
@@ -21,8 +21,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "target/release/users-api"
-BASELINE = ROOT / "target/release/examples/bench_baseline"
+SERVER = ROOT / "target/production/users-api"
+BASELINE = ROOT / "target/production/examples/bench_baseline"
 WRK_SCRIPT = ROOT / "benches/wrk.lua"
 
 
@@ -146,7 +146,7 @@ def main():
     args = parser.parse_args()
 
     if not args.no_build:
-        run(["cargo", "build", "--release", "--bin", "users-api", "--example", "bench_baseline"], cwd=ROOT)
+        run(["cargo", "build", "--profile", "production", "--bin", "users-api", "--example", "bench_baseline"], cwd=ROOT)
 
     started = []
     results = {}

@@ -97,7 +97,7 @@ pub struct DbArgs {
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
     /// Most connections this process keeps open to the database.
-    #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
     /// How long a request waits for a free (or new) connection before it gets a 503, in seconds.
     #[arg(

@@ -71,14 +71,14 @@ impl Metrics {
         }
     }
 
-    pub fn observe(&self, operation: &str, status: u16, seconds: f64) {
+    pub fn observe(&self, operation: &str, status: poem::http::StatusCode, seconds: f64) {
         self.requests
-            .with_label_values(&[operation, &status.to_string()])
+            .with_label_values(&[operation, status.as_str()])
             .inc();
         self.latency
             .with_label_values(&[operation])
             .observe(seconds);
-        if status == 429 {
+        if status == poem::http::StatusCode::TOO_MANY_REQUESTS {
             self.rate_limited.inc();
         }
     }

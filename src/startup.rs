@@ -26,7 +26,7 @@ use crate::{
     error::AppError,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
-    store,
+    store::{self, write_gate::WriteGate},
 };
 
 /// What handlers share: built once at start, cloned cheaply into each request.
@@ -38,6 +38,8 @@ pub struct AppState {
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
     pub key_cache: Arc<KeyCache>,
+    /// Serialises this process's writes on SQLite (see `store::write_gate`).
+    pub write_gate: WriteGate,
     pub policy: Arc<Policy>,
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
@@ -284,6 +286,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
+        write_gate: WriteGate::for_database(&db),
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,

@@ -255,7 +255,7 @@ pub async fn edge<E: Endpoint>(
     let elapsed = started.elapsed();
     state
         .metrics
-        .observe(operation, status.as_u16(), elapsed.as_secs_f64());
+        .observe(operation, status, elapsed.as_secs_f64());
     let latency_ms = elapsed.as_micros() as f64 / 1000.0;
     span.in_scope(|| {
         tracing::info!(%method, %path, status = status.as_u16(), latency_ms, operation, "request");

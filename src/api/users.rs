@@ -399,6 +399,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersWrite)?;
         let actor = auth.0.subject.audit_name();
         let Some(key) = idempotency_key.0 else {
+            let _turn = state.write_gate.enter().await;
             let model = store::users::create(&state.db, body.value, &actor).await?;
             return Ok(created(model, None));
         };
@@ -408,6 +409,7 @@ impl UsersApi {
             request_hash: &body.fingerprint,
             ttl: state.policy.idempotency_ttl,
         };
+        let _turn = state.write_gate.enter().await;
         let outcome = idempotency::run_once(
             &state.db,
             claim,
@@ -477,6 +479,7 @@ impl UsersApi {
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
         let actor = auth.0.subject.audit_name();
+        let _turn = state.write_gate.enter().await;
         let user = store::users::replace(&state.db, id.0, body.value, &actor, expected).await?;
         Ok(user_response(user))
     }
@@ -502,6 +505,7 @@ impl UsersApi {
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
         let actor = auth.0.subject.audit_name();
+        let _turn = state.write_gate.enter().await;
         let user = store::users::update(&state.db, id.0, body.value, &actor, expected).await?;
         Ok(user_response(user))
     }
@@ -524,6 +528,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersWrite)?;
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
+        let _turn = state.write_gate.enter().await;
         store::users::delete(&state.db, id.0, expected).await?;
         Ok(DeleteUserResponse::Deleted)
     }

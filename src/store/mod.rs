@@ -4,6 +4,7 @@ pub mod api_keys;
 pub mod idempotency;
 pub mod rate_limits;
 pub mod users;
+pub mod write_gate;
 
 use std::time::Duration;
 

@@ -329,6 +329,12 @@ impl TestApp {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// SIGKILL: the process gets no chance to flush or finish anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM, then waits for a clean exit: the graceful path operators use.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

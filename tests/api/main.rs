@@ -6,6 +6,7 @@ const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 mod api_keys;
 mod auth;
 mod conditional;
+mod durability;
 mod errors;
 mod helpers;
 mod idempotency;

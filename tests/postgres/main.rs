@@ -12,6 +12,8 @@ mod api_keys;
 mod auth;
 #[path = "../api/conditional.rs"]
 mod conditional;
+#[path = "../api/durability.rs"]
+mod durability;
 #[path = "../api/errors.rs"]
 mod errors;
 #[path = "../api/helpers.rs"]
