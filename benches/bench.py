@@ -143,7 +143,11 @@ def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--output", default=str(ROOT / "target/bench/results.json"))
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--server", type=Path, default=SERVER,
+                        help="the users-api binary to measure (an earlier build, to compare)")
     args = parser.parse_args()
+    global SERVER
+    SERVER = args.server.resolve()
 
     if not args.no_build:
         run(["cargo", "build", "--profile", "production", "--bin", "users-api", "--example", "bench_baseline"], cwd=ROOT)

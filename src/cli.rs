@@ -4,6 +4,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::{
     api,
+    auth::audit,
     config::KeysCommand,
     domain::{NewApiKey, ScopeSet},
     error::AppError,
@@ -30,14 +31,7 @@ pub async fn keys(db: &DatabaseConnection, command: KeysCommand) -> Result<(), A
             };
             let (key, secret) = store::api_keys::create(db, &new_key, None).await?;
             let scopes = &new_key.scopes;
-            tracing::info!(
-                event = "api_key.created",
-                key_id = key.id,
-                key_prefix = %key.prefix,
-                scopes = %key.scopes,
-                actor = "cli",
-                "API key created"
-            );
+            audit::key_created(&key, "cli");
             println!(
                 "Created API key {} ({}) with scopes: {}. Store it now; it is not shown again:",
                 key.id,
@@ -76,13 +70,7 @@ pub async fn keys(db: &DatabaseConnection, command: KeysCommand) -> Result<(), A
         }
         KeysCommand::Revoke { id } => {
             let key = store::api_keys::revoke(db, id).await?;
-            tracing::info!(
-                event = "api_key.revoked",
-                key_id = key.id,
-                key_prefix = %key.prefix,
-                actor = "cli",
-                "API key revoked"
-            );
+            audit::key_revoked(&key, "cli");
             println!("Revoked API key {} ({}).", key.id, key.name);
         }
     }

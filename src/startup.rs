@@ -20,13 +20,13 @@ use crate::{
         self, API_PREFIX,
         edge::{AllowTable, edge, render_errors},
     },
-    auth::{OAUTH_FLOW_URLS, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
+    auth::{OAUTH_FLOW_URLS, audit, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
     domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
-    store::{self, write_gate::WriteGate},
+    store::{self, group_commit::Creates, write_gate::WriteGate},
 };
 
 /// What handlers share: built once at start, cloned cheaply into each request.
@@ -40,6 +40,8 @@ pub struct AppState {
     pub key_cache: Arc<KeyCache>,
     /// Serialises this process's writes on SQLite (see `store::write_gate`).
     pub write_gate: WriteGate,
+    /// User creates, committed in batches on SQLite (see `store::group_commit`).
+    pub creates: Creates,
     pub policy: Arc<Policy>,
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
@@ -262,6 +264,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         .and_then(|addr| addr.as_socket_addr().copied())
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let (db, ()) = open_database(db_args, async |db| bootstrap_admin_key(db, addr).await).await?;
+    let shutdown = shutdown_signal()?;
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
 
     let key_usage = KeyUsage::default();
@@ -281,12 +284,15 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         limiter
     });
     spawn_idempotency_purge(db.clone());
+    store::spawn_wal_checkpoints(&db);
+    let write_gate = WriteGate::for_database(&db);
     let state = AppState {
         db: db.clone(),
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
-        write_gate: WriteGate::for_database(&db),
+        creates: Creates::start(&db, write_gate.clone()),
+        write_gate,
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,
@@ -298,7 +304,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
             app(state),
-            shutdown_signal(),
+            shutdown,
             Some(Duration::from_secs(args.shutdown_grace_secs)),
         )
         .await?;
@@ -337,14 +343,7 @@ async fn bootstrap_admin_key(db: &DatabaseConnection, addr: SocketAddr) -> Resul
         expires_at: None,
     };
     let (key, secret) = store::api_keys::create(db, &bootstrap, None).await?;
-    tracing::info!(
-        event = "api_key.created",
-        key_id = key.id,
-        key_prefix = %key.prefix,
-        scopes = %key.scopes,
-        actor = "bootstrap",
-        "API key created"
-    );
+    audit::key_created(&key, "bootstrap");
     let rule = "=".repeat(78);
     println!(
         "{rule}\n  users-api: no API keys existed, so this admin key (id {id}) was created.\n  \
@@ -356,19 +355,26 @@ async fn bootstrap_admin_key(db: &DatabaseConnection, addr: SocketAddr) -> Resul
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Resolves on SIGINT or SIGTERM. The handlers are installed here, before the caller announces
+/// it is listening: installed lazily (on the future's first poll), a signal arriving in between
+/// would kill the process the default way instead of shutting it down gracefully.
+fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
-        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {},
+                _ = terminate.recv() => {},
+            }
+            tracing::info!("shutdown requested; finishing in-flight requests");
+        })
     }
     #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown requested; finishing in-flight requests");
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown requested; finishing in-flight requests");
+    })
 }

@@ -17,7 +17,7 @@ use super::{
     problem::{ApiResult, CreateErrors, ListErrors, OneErrors, RevokeErrors},
 };
 use crate::{
-    auth::{Auth, Subject},
+    auth::{Auth, Subject, audit},
     domain::{ListQuery, NewApiKey, Scope, ScopeSet},
     error::{AppError, FieldError},
     startup::AppState,
@@ -236,14 +236,7 @@ impl ApiKeysApi {
         let actor = principal.subject.audit_name();
         let (model, secret) =
             store::api_keys::create(&state.db, &new_key, Some(actor.clone())).await?;
-        tracing::info!(
-            event = "api_key.created",
-            key_id = model.id,
-            key_prefix = %model.prefix,
-            scopes = %model.scopes,
-            actor = %actor,
-            "API key created"
-        );
+        audit::key_created(&model, &actor);
         let location = format!("/api/v1/api-keys/{}", model.id);
         let created = ApiKeyCreated {
             metadata: ApiKey::from_model(model, &state),
@@ -299,13 +292,7 @@ impl ApiKeysApi {
         }
         let key = store::api_keys::revoke(&state.db, id.0).await?;
         state.key_cache.forget(key.id);
-        tracing::info!(
-            event = "api_key.revoked",
-            key_id = key.id,
-            key_prefix = %key.prefix,
-            actor = %auth.0.subject.audit_name(),
-            "API key revoked"
-        );
+        audit::key_revoked(&key, &auth.0.subject.audit_name());
         Ok(RevokeApiKeyResponse::Revoked)
     }
 }

@@ -399,8 +399,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersWrite)?;
         let actor = auth.0.subject.audit_name();
         let Some(key) = idempotency_key.0 else {
-            let _turn = state.write_gate.enter().await;
-            let model = store::users::create(&state.db, body.value, &actor).await?;
+            let model = state.creates.create(body.value, actor).await?;
             return Ok(created(model, None));
         };
         let claim = idempotency::Claim {

@@ -1,6 +1,7 @@
 //! Who is calling: the bearer credentials (API keys and OAuth access tokens) and the principal
 //! they yield.
 
+pub mod audit;
 pub mod key_cache;
 pub mod oauth;
 pub mod usage;

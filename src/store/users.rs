@@ -23,11 +23,16 @@ fn not_found(id: i64) -> AppError {
 /// The unique index on the lowercased email is the arbiter of duplicates: checking first and
 /// inserting second would race between concurrent requests.
 pub(super) fn write_error(err: DbErr) -> AppError {
+    conflict(&err).unwrap_or_else(|| AppError::from(err))
+}
+
+/// The conflict a failed write means, if it failed on the email's unique index.
+pub(super) fn conflict(err: &DbErr) -> Option<AppError> {
     match err.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => {
-            AppError::Conflict("another user already has this email address".into())
-        }
-        _ => AppError::from(err),
+        Some(SqlErr::UniqueConstraintViolation(_)) => Some(AppError::Conflict(
+            "another user already has this email address".into(),
+        )),
+        _ => None,
     }
 }
 
@@ -140,6 +145,15 @@ pub async fn create(
     user: NewUser,
     actor: &str,
 ) -> Result<Model, AppError> {
+    insert(db, user, actor).await.map_err(write_error)
+}
+
+/// The INSERT of [`create`], its error left for the caller to classify.
+pub(super) async fn insert(
+    db: &impl ConnectionTrait,
+    user: NewUser,
+    actor: &str,
+) -> Result<Model, DbErr> {
     let now = super::now();
     ActiveModel {
         name_search: Set(user.name.as_str().to_lowercase()),
@@ -156,7 +170,6 @@ pub async fn create(
     }
     .insert(db)
     .await
-    .map_err(write_error)
 }
 
 /// Full replace: every client-writable field takes the given value (an absent email clears it).

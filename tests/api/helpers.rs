@@ -167,6 +167,65 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// `count` clients creating users in a loop until one of them has made `per_writer` (if given)
+/// or the server stops answering. Each returns the users it got a complete 201 for.
+pub fn spawn_writers(
+    app: &TestApp,
+    count: usize,
+    per_writer: Option<usize>,
+) -> Vec<tokio::task::JoinHandle<Vec<Value>>> {
+    (0..count)
+        .map(|w| {
+            let (client, url, key) = (
+                app.client.clone(),
+                app.url("/api/v1/users"),
+                app.key.clone(),
+            );
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0..per_writer.unwrap_or(usize::MAX) {
+                    let body = serde_json::json!({"name": format!("w{w} #{i}"), "role": "Dev"});
+                    match client.post(&url).bearer_auth(&key).json(&body).send().await {
+                        Ok(response) if response.status() == 201 => {
+                            match response.json::<Value>().await {
+                                Ok(user) => acknowledged.push(user),
+                                // The server went away between the status line and the body:
+                                // the client never saw a complete acknowledgement.
+                                Err(_) => break,
+                            }
+                        }
+                        // Once the server stops, connections fail: that ends the load.
+                        _ => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect()
+}
+
+/// Everything the writers got a 201 for, once they have all finished.
+pub async fn acknowledged(writers: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> Vec<Value> {
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.unwrap());
+    }
+    all
+}
+
+/// Each of `users` is stored exactly as it was acknowledged.
+pub async fn assert_all_stored(app: &TestApp, users: &[Value]) {
+    for user in users {
+        let stored: Value = app
+            .get_user(user["id"].as_i64().unwrap())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(&stored, user, "acknowledged, so it must be there");
+    }
+}
+
 /// Starts a server with extra flags on a fresh database holding one admin key.
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let db = Arc::new(TestDb::new());

@@ -2,7 +2,9 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app, start};
+use crate::helpers::{
+    acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_writers, start,
+};
 
 #[tokio::test]
 async fn tutorial_curl_sequence_works() {
@@ -368,49 +370,56 @@ async fn data_survives_a_restart() {
 async fn sigterm_lets_in_flight_writes_finish_and_loses_none() {
     let app = spawn_app().await;
     let (db, key) = (app.db.clone(), app.key.clone());
-    let client = app.client.clone();
-    let url = app.url("/api/v1/users");
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (client, url, key) = (client.clone(), url.clone(), key.clone());
-            tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                for i in 0..200 {
-                    let body = json!({"name": format!("w{w} #{i}"), "role": "Dev"});
-                    match client.post(&url).bearer_auth(&key).json(&body).send().await {
-                        Ok(r) if r.status() == 201 => {
-                            acknowledged.push(r.json::<Value>().await.unwrap());
-                        }
-                        // Once shutdown starts, new connections are refused: that is fine.
-                        _ => break,
-                    }
-                }
-                acknowledged
-            })
-        })
-        .collect();
+    let writers = spawn_writers(&app, 8, Some(200));
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let status = tokio::task::spawn_blocking(move || app.stop())
         .await
         .unwrap();
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
-    let mut acknowledged = Vec::new();
-    for writer in writers {
-        acknowledged.extend(writer.await.unwrap());
-    }
+    let acknowledged = acknowledged(writers).await;
     assert!(
         !acknowledged.is_empty(),
         "some writes happened before the signal"
     );
 
     let app = start(db, key, &[]).await;
-    for user in &acknowledged {
-        let stored: Value = app
-            .get_user(user["id"].as_i64().unwrap())
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(&stored, user, "every acknowledged write is kept");
+    assert_all_stored(&app, &acknowledged).await;
+}
+
+/// Concurrent creates share one transaction on SQLite (group commit); a duplicate email must
+/// fail alone, not take the creates committed beside it down with it.
+#[tokio::test]
+async fn concurrent_creates_with_clashing_emails_succeed_or_conflict_one_by_one() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let creates: Vec<_> = (0..60)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                // Every third create repeats the email of the one before it.
+                let email = format!("user{}@example.org", i - usize::from(i % 3 == 2));
+                let body = json!({"name": format!("User {i}"), "role": "Dev", "email": email});
+                let response = app.create_user(&body).await;
+                let status = response.status().as_u16();
+                (email, status, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut conflicts = 0;
+    for create in creates {
+        match create.await.unwrap() {
+            (_, 201, user) => created.push(user),
+            (_, 409, problem) => {
+                assert_eq!(problem["type"], "urn:users-api:problem:conflict");
+                conflicts += 1;
+            }
+            (email, status, body) => panic!("create with {email}: {status} {body}"),
+        }
     }
+    assert_eq!((created.len(), conflicts), (40, 20));
+    let emails: HashSet<_> = created.iter().map(|u| u["email"].clone()).collect();
+    assert_eq!(emails.len(), 40, "one user per distinct email");
+    assert_all_stored(&app, &created).await;
+    let listed: Value = app.list_users("?limit=200").await.json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 40);
 }
