@@ -91,12 +91,24 @@ async fn explain(
     let values = statement.values.clone().map(|v| v.0).unwrap_or_default();
     match backend {
         DbBackend::Sqlite => {
+            // EXPLAIN plans against the schema the connection last loaded without checking it
+            // is current, and a pooled connection may have loaded it halfway through the
+            // migrations (missing the later indexes). A real read in the same transaction
+            // brings the connection's schema up to date first.
+            let txn = db.begin().await.unwrap();
+            txn.query_one_raw(Statement::from_string(
+                backend,
+                "SELECT count(*) FROM users",
+            ))
+            .await
+            .unwrap();
             let explain = Statement::from_sql_and_values(
                 backend,
                 format!("EXPLAIN QUERY PLAN {}", statement.sql),
                 values,
             );
-            let rows = db.query_all_raw(explain).await.unwrap();
+            let rows = txn.query_all_raw(explain).await.unwrap();
+            txn.rollback().await.unwrap();
             rows.iter()
                 .map(|row| row.try_get_by_index::<String>(3).unwrap())
                 .collect::<Vec<_>>()
