@@ -136,6 +136,7 @@ def deep_cursor(addr, key, after_id):
 
 
 def main():
+    global SERVER
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--deep-users", type=int, default=1_000_000)
@@ -146,7 +147,6 @@ def main():
     parser.add_argument("--server", type=Path, default=SERVER,
                         help="the users-api binary to measure (an earlier build, to compare)")
     args = parser.parse_args()
-    global SERVER
     SERVER = args.server.resolve()
 
     if not args.no_build:
