@@ -147,6 +147,10 @@ def main():
     parser.add_argument("--server", type=Path, default=SERVER,
                         help="the users-api binary to measure (an earlier build, to compare)")
     args = parser.parse_args()
+    if args.deep_users < 1000 * 50:
+        parser.error("--deep-users must hold 1,000 pages of 50 (at least 50000)")
+    first_page = f"GET /users (50), {args.deep_users:,} users, page 1"
+    deep_page = f"GET /users (50), {args.deep_users:,} users, page 1000"
     SERVER = args.server.resolve()
 
     if not args.no_build:
@@ -176,10 +180,10 @@ def main():
             deep_key = seed(deep_db, args.deep_users)
             deep = server(deep_db)
             started.append(deep)
-            results["GET /users (50), 1M users, page 1"] = wrk(
+            results[first_page] = wrk(
                 deep.addr, "list", args, deep_key, path="/api/v1/users?limit=50")
             cursor = deep_cursor(deep.addr, deep_key, 999 * 50)
-            results["GET /users (50), 1M users, page 1000"] = wrk(
+            results[deep_page] = wrk(
                 deep.addr, "list", args, deep_key, path=f"/api/v1/users?limit=50&cursor={cursor}")
     finally:
         for process in started:
@@ -188,18 +192,19 @@ def main():
     ceiling = results["baseline (bare hyper)"]["rps"]
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.users} users, "
           f"{os.cpu_count()} cores shared by server and wrk\n")
-    print(f"{'scenario':42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}")
+    print(f"{'scenario':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}")
     for name, r in results.items():
         r["ratio_to_baseline"] = r["rps"] / ceiling
         errors = r["socket_errors"] + r["non_2xx"]
-        print(f"{name:42} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
+        print(f"{name:44} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
               f"{errors:7d} {r['ratio_to_baseline']:11.1%}")
-    first = results["GET /users (50), 1M users, page 1"]["rps"]
-    deep_rps = results["GET /users (50), 1M users, page 1000"]["rps"]
+    first = results[first_page]["rps"]
+    deep_rps = results[deep_page]["rps"]
     print(f"\npeak RSS of the server under load: {peak_rss / 1024:.1f} MiB")
-    print(f"page 1000 of 1M users vs page 1: {first / deep_rps:.2f}x the cost")
+    print(f"page 1000 of {args.deep_users:,} users vs page 1: {first / deep_rps:.2f}x the cost")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    summary = {"settings": vars(args), "peak_rss_kib": peak_rss, "results": results}
+    settings = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
+    summary = {"settings": settings, "peak_rss_kib": peak_rss, "results": results}
     Path(args.output).write_text(json.dumps(summary, indent=2))
     print(f"written to {args.output}")
 
