@@ -203,9 +203,9 @@ def main():
     print(f"\npeak RSS of the server under load: {peak_rss / 1024:.1f} MiB")
     print(f"page 1000 of {args.deep_users:,} users vs page 1: {first / deep_rps:.2f}x the cost")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    settings = {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()}
-    summary = {"settings": settings, "peak_rss_kib": peak_rss, "results": results}
-    Path(args.output).write_text(json.dumps(summary, indent=2))
+    summary = {"settings": vars(args), "peak_rss_kib": peak_rss, "results": results}
+    # `default=str` writes the `--server` path as text.
+    Path(args.output).write_text(json.dumps(summary, indent=2, default=str))
     print(f"written to {args.output}")
 
 
