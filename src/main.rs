@@ -16,12 +16,13 @@ use users_api::{
 #[tokio::main]
 async fn main() -> ExitCode {
     let Cli { db, command, serve } = Cli::parse();
+    let mut log_guard = None;
     let outcome: Result<(), Box<dyn std::error::Error>> = async {
         if let Some(Command::Openapi { yaml }) = command {
             cli::print_spec(yaml);
             return Ok(());
         }
-        telemetry::init(db.log_format);
+        log_guard = Some(telemetry::init(db.log_format));
         match command {
             None => startup::serve(&db, &serve).await,
             Some(Command::Serve(serve)) => startup::serve(&db, &serve).await,
@@ -41,6 +42,8 @@ async fn main() -> ExitCode {
         }
     }
     .await;
+    // Queued log lines come out before the final error, in the order they happened.
+    drop(log_guard);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -33,6 +33,8 @@ use crate::{
 #[derive(Clone)]
 pub struct AppState {
     pub db: DatabaseConnection,
+    /// The users reads, inline on SQLite (see `store::inline_reads`).
+    pub reads: store::Reads,
     pub max_body_bytes: usize,
     /// Present when OAuth access tokens are accepted.
     pub oauth: Option<Arc<OAuthVerifier>>,
@@ -288,6 +290,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     let write_gate = WriteGate::for_database(&db);
     let state = AppState {
         db: db.clone(),
+        reads: store::Reads::new(&db).await?,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),

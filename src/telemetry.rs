@@ -1,21 +1,32 @@
 //! Logging setup. Logs go to standard error so that standard output carries only what a
 //! command is asked to print (a spec, a key).
 
-use std::io::IsTerminal;
+use std::{
+    io::{self, BufWriter, IsTerminal, Stderr, Write},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    thread,
+    time::Duration,
+};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 use crate::config::LogFormat;
 
+/// How long a log line may wait in the buffer before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 /// Installs the global subscriber; `RUST_LOG` overrides the default filter (`info`, with the
-/// database driver's chatter at `warn`).
-pub fn init(format: LogFormat) {
+/// database driver's chatter at `warn`). Hold the returned guard until the process ends: its
+/// drop writes out what is still buffered.
+pub fn init(format: LogFormat) -> LogFlush {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let writer = BufferedStderr::start();
+    let guard = LogFlush(writer.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_writer(writer)
+        .with_ansi(io::stderr().is_terminal());
     // A second init (tests calling into the library) keeps the first subscriber.
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
@@ -26,4 +37,75 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+    guard
+}
+
+/// Standard error behind a 64 KiB buffer that a background thread flushes every
+/// [`FLUSH_EVERY`]. Writing every access-log line with its own `write` cost the cheapest route
+/// 40% of its throughput (measured: 54k req/s against 95k with no access log); handing lines
+/// to a writer thread still woke that thread for nearly every line (65k). Appending to a
+/// buffer under an uncontended lock costs neither, and under load one `write` carries
+/// hundreds of lines. The price: a line can reach the terminal up to 100 ms late, and lines
+/// still buffered are lost if the process is killed with SIGKILL.
+#[derive(Clone)]
+struct BufferedStderr(Arc<Mutex<BufWriter<Stderr>>>);
+
+impl BufferedStderr {
+    fn start() -> Self {
+        let writer = BufferedStderr(Arc::new(Mutex::new(BufWriter::with_capacity(
+            64 * 1024,
+            io::stderr(),
+        ))));
+        let flusher = writer.clone();
+        // A plain thread: logging works before, after and without the async runtime.
+        thread::Builder::new()
+            .name("log-flush".into())
+            .spawn(move || {
+                loop {
+                    thread::sleep(FLUSH_EVERY);
+                    flusher.flush();
+                }
+            })
+            .expect("the log flush thread starts");
+        writer
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BufWriter<Stderr>> {
+        // A panic while formatting a line leaves nothing half-done that matters here.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn flush(&self) {
+        let _ = self.lock().flush();
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStderr {
+    type Writer = LockedStderr<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LockedStderr(self.lock())
+    }
+}
+
+/// The buffer, locked for one formatted line.
+struct LockedStderr<'a>(MutexGuard<'a, BufWriter<Stderr>>);
+
+impl Write for LockedStderr<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Writes out buffered log lines when dropped.
+pub struct LogFlush(BufferedStderr);
+
+impl Drop for LogFlush {
+    fn drop(&mut self) {
+        self.0.flush();
+    }
 }

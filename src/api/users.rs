@@ -6,15 +6,15 @@ use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path, Query},
-    payload::Json,
     types::{Email, Example, MaybeUndefined},
 };
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{
     API_PREFIX, ApiTags,
     conditional::{etag, expected_version, none_match},
-    payload::{BodySchema, JsonBody, RecordedJson},
+    payload::{BodySchema, JsonBody, JsonText},
     problem::{ApiResult, CreateErrors, DeleteErrors, ListErrors, OneErrors, WriteOneErrors},
 };
 use crate::{
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// A user.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 #[oai(example)]
 pub struct User {
     /// Server-assigned identifier; ignored if sent in a request.
@@ -38,12 +38,15 @@ pub struct User {
     pub role: String,
     /// Email address, unique across users regardless of letter case; `null` when unset.
     #[oai(nullable)]
+    #[serde(serialize_with = "encode::email")]
     pub email: Option<Email>,
     /// When the user was created (RFC 3339, UTC).
     #[oai(read_only)]
+    #[serde(serialize_with = "encode::timestamp")]
     pub created_at: DateTime<Utc>,
     /// When the user was last changed (RFC 3339, UTC).
     #[oai(read_only)]
+    #[serde(serialize_with = "encode::timestamp")]
     pub updated_at: DateTime<Utc>,
     /// Who created the user: `api-key:<id>` or `oauth:<subject>`.
     #[oai(read_only, nullable)]
@@ -82,6 +85,25 @@ impl From<Model> for User {
             updated_at: model.updated_at,
             created_by: model.created_by,
             updated_by: model.updated_by,
+        }
+    }
+}
+
+/// Serde encodings that write what poem-openapi's `ToJSON` writes, for [`JsonText`].
+mod encode {
+    use chrono::{DateTime, Utc};
+    use poem_openapi::types::Email;
+    use serde::Serializer;
+
+    /// `to_rfc3339` (`+00:00`), as `ToJSON` writes it; chrono's own serde form ends in `Z`.
+    pub fn timestamp<S: Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
+        out.serialize_str(&at.to_rfc3339())
+    }
+
+    pub fn email<S: Serializer>(email: &Option<Email>, out: S) -> Result<S::Ok, S::Error> {
+        match email {
+            Some(email) => out.serialize_some(&email.0),
+            None => out.serialize_none(),
         }
     }
 }
@@ -175,7 +197,7 @@ impl BodySchema for UserPatch {
 }
 
 /// One page of users.
-#[derive(Debug, Clone, Object)]
+#[derive(Debug, Clone, Object, Serialize)]
 pub struct UserPage {
     /// The users on this page, at most `limit` of them, in the requested order.
     pub items: Vec<User>,
@@ -221,7 +243,7 @@ pub enum ListUsersResponse {
     /// A page of users.
     #[oai(status = 200)]
     Ok(
-        Json<UserPage>,
+        JsonText<UserPage>,
         /// RFC 8288 link to the next page, when there is one.
         #[oai(header = "Link")]
         Option<String>,
@@ -233,7 +255,7 @@ pub enum GetUserResponse {
     /// The user.
     #[oai(status = 200)]
     Ok(
-        Json<User>,
+        JsonText<User>,
         /// Strong validator of this representation; send it back in `If-None-Match` or `If-Match`.
         #[oai(header = "ETag")]
         String,
@@ -252,7 +274,7 @@ pub enum UserResponse {
     /// The user as it now is.
     #[oai(status = 200)]
     Ok(
-        Json<User>,
+        JsonText<User>,
         /// The new ETag.
         #[oai(header = "ETag")]
         String,
@@ -264,7 +286,7 @@ pub enum CreateUserResponse {
     /// The user was created (or, for a retried `Idempotency-Key`, this is the original response).
     #[oai(status = 201)]
     Created(
-        RecordedJson<User>,
+        JsonText<User>,
         /// The URL of the new user.
         #[oai(header = "Location")]
         String,
@@ -289,7 +311,7 @@ pub struct UsersApi;
 
 fn user_response(model: Model) -> UserResponse {
     let tag = etag(&model);
-    UserResponse::Ok(Json(model.into()), tag)
+    UserResponse::Ok(JsonText::new(&model.into()), tag)
 }
 
 /// The URL of the next page: this request's filters and sort, with the new cursor.
@@ -357,7 +379,7 @@ impl UsersApi {
             sort: sort.0.map(Sort::from).unwrap_or_default(),
         };
         let after = super::parse_cursor(cursor.0.as_deref(), &query)?;
-        let page = store::users::list(&state.db, &query, after.as_ref(), limit.0).await?;
+        let page = store::users::list(&state.reads, &query, after.as_ref(), limit.0).await?;
         let next_cursor = page.next.map(|cursor| cursor.encode());
         let link = next_cursor.as_deref().map(|cursor| {
             next_link(
@@ -375,7 +397,7 @@ impl UsersApi {
         });
         let items = page.items.into_iter().map(User::from).collect();
         Ok(ListUsersResponse::Ok(
-            Json(UserPage { items, next_cursor }),
+            JsonText::new(&UserPage { items, next_cursor }),
             link,
         ))
     }
@@ -415,7 +437,7 @@ impl UsersApi {
             async |txn| store::users::create(txn, body.value, &actor).await,
             |model| idempotency::Recorded {
                 status: 201,
-                body: RecordedJson::new(&User::from(model.clone()))
+                body: JsonText::new(&User::from(model.clone()))
                     .as_str()
                     .to_owned(),
                 location: Some(user_location(model.id)),
@@ -426,7 +448,7 @@ impl UsersApi {
         match outcome {
             idempotency::Outcome::Fresh(model) => Ok(created(model, Some(false))),
             idempotency::Outcome::Replayed(recorded) => Ok(CreateUserResponse::Created(
-                RecordedJson::replay(recorded.body),
+                JsonText::replay(recorded.body),
                 recorded.location.unwrap_or_default(),
                 recorded.etag.unwrap_or_default(),
                 Some(true),
@@ -450,12 +472,12 @@ impl UsersApi {
         if_none_match: Header<Option<String>>,
     ) -> ApiResult<GetUserResponse, OneErrors> {
         auth.0.require(Scope::UsersRead)?;
-        let user = store::users::get(&state.db, id.0).await?;
+        let user = store::users::get(&state.reads, id.0).await?;
         let tag = etag(&user);
         if !none_match(if_none_match.0.as_deref(), &tag) {
             return Ok(GetUserResponse::NotModified(tag));
         }
-        Ok(GetUserResponse::Ok(Json(user.into()), tag))
+        Ok(GetUserResponse::Ok(JsonText::new(&user.into()), tag))
     }
 
     /// Replace a user
@@ -540,5 +562,46 @@ fn user_location(id: i64) -> String {
 fn created(model: Model, replayed: Option<bool>) -> CreateUserResponse {
     let location = user_location(model.id);
     let tag = etag(&model);
-    CreateUserResponse::Created(RecordedJson::new(&model.into()), location, tag, replayed)
+    CreateUserResponse::Created(JsonText::new(&model.into()), location, tag, replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::{Example, ToJSON};
+
+    use super::*;
+
+    /// `JsonText` sends users encoded by serde; clients and the spec know `ToJSON`'s bytes.
+    #[test]
+    fn serde_writes_users_exactly_as_to_json_does() {
+        let full = User::example();
+        let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.000006+00:00")
+            .unwrap()
+            .to_utc();
+        let sparse = User {
+            id: i64::MAX,
+            name: "Zoë \"Q\" \u{1F600}\n".into(),
+            email: None,
+            created_at: at,
+            updated_at: Utc::now(),
+            created_by: None,
+            updated_by: None,
+            ..full.clone()
+        };
+        for user in [&full, &sparse] {
+            assert_eq!(serde_json::to_string(user).unwrap(), user.to_json_string());
+        }
+        for page in [
+            UserPage {
+                items: vec![full.clone(), sparse.clone()],
+                next_cursor: Some("abc_-1".into()),
+            },
+            UserPage {
+                items: Vec::new(),
+                next_cursor: None,
+            },
+        ] {
+            assert_eq!(serde_json::to_string(&page).unwrap(), page.to_json_string());
+        }
+    }
 }

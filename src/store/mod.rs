@@ -3,20 +3,23 @@
 pub mod api_keys;
 pub mod group_commit;
 pub mod idempotency;
+pub mod inline_reads;
 pub mod rate_limits;
 pub mod users;
 pub mod write_gate;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, QuerySelect, QueryTrait, Select, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
+
+use self::inline_reads::InlineReads;
 
 use crate::{
     config::{DbArgs, SqliteSync},
@@ -60,6 +63,70 @@ pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
         options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
     }
     Database::connect(options).await
+}
+
+/// Where reads go: on SQLite first the request's own thread (see [`inline_reads`]), and the
+/// pool for whatever that declines; elsewhere the pool.
+#[derive(Clone)]
+pub struct Reads {
+    pool: DatabaseConnection,
+    inline: Option<Arc<InlineReads>>,
+}
+
+impl Reads {
+    pub async fn new(pool: &DatabaseConnection) -> Result<Self, DbErr> {
+        Ok(Reads {
+            pool: pool.clone(),
+            inline: InlineReads::for_database(pool).await?,
+        })
+    }
+
+    /// Every read on the pool (what the inline path is checked against).
+    pub fn pool_only(pool: &DatabaseConnection) -> Self {
+        Reads {
+            pool: pool.clone(),
+            inline: None,
+        }
+    }
+
+    pub fn inline(&self) -> Option<&InlineReads> {
+        self.inline.as_deref()
+    }
+
+    /// The rows `select` finds; `from_row` reads one from SQLite when it runs inline.
+    pub async fn all<E>(
+        &self,
+        select: Select<E>,
+        from_row: fn(&rusqlite::Row) -> rusqlite::Result<E::Model>,
+    ) -> Result<Vec<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult + Send + Sync,
+    {
+        if let Some(inline) = &self.inline
+            && let Some(rows) = inline.query(&select.build(DbBackend::Sqlite), from_row)
+        {
+            return Ok(rows);
+        }
+        select.all(&self.pool).await
+    }
+
+    /// The first row `select` finds, if any.
+    pub async fn one<E>(
+        &self,
+        select: Select<E>,
+        from_row: fn(&rusqlite::Row) -> rusqlite::Result<E::Model>,
+    ) -> Result<Option<E::Model>, DbErr>
+    where
+        E: EntityTrait,
+        E::Model: FromQueryResult + Send + Sync,
+    {
+        Ok(self
+            .all(select.limit(1), from_row)
+            .await?
+            .into_iter()
+            .next())
+    }
 }
 
 /// Left to itself, SQLite checkpoints inside whichever commit takes the WAL past 1,000 pages:

@@ -7,7 +7,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
-use super::Page;
+use super::{Page, Reads, inline_reads::timestamp};
 use crate::{
     domain::{Cursor, ListQuery, NewUser, SortField, SortKey, UserChanges},
     error::AppError,
@@ -116,12 +116,14 @@ fn past_key(column: Column, value: Expr, past_id: Expr, descending: bool) -> Con
 
 /// Keyset pagination over any filter and sort.
 pub async fn list(
-    db: &DatabaseConnection,
+    reads: &Reads,
     query: &ListQuery,
     after: Option<&Cursor>,
     limit: u64,
 ) -> Result<Page<Model>, AppError> {
-    let rows = page_query(query, after).limit(limit + 1).all(db).await?;
+    let rows = reads
+        .all(page_query(query, after).limit(limit + 1), from_row)
+        .await?;
     Ok(Page::from_rows(rows, limit, |last: &Model| {
         let key = match query.sort.field {
             SortField::Id => SortKey::Id,
@@ -132,11 +134,31 @@ pub async fn list(
     }))
 }
 
-pub async fn get(db: &DatabaseConnection, id: i64) -> Result<Model, AppError> {
-    Entity::find_by_id(id)
-        .one(db)
+pub async fn get(reads: &Reads, id: i64) -> Result<Model, AppError> {
+    reads
+        .one(Entity::find_by_id(id), from_row)
         .await?
         .ok_or_else(|| not_found(id))
+}
+
+/// A user from a row read inline (see `inline_reads`); sea-orm reads the pool's rows.
+/// sea-orm selects the columns in the entity's order, so each is read by its position (by
+/// name, finding the columns cost more than reading them).
+pub fn from_row(row: &rusqlite::Row) -> rusqlite::Result<Model> {
+    let at = |column: Column| column as usize;
+    Ok(Model {
+        id: row.get(at(Column::Id))?,
+        name: row.get(at(Column::Name))?,
+        role: row.get(at(Column::Role))?,
+        email: row.get(at(Column::Email))?,
+        email_key: row.get(at(Column::EmailKey))?,
+        created_at: timestamp(row, at(Column::CreatedAt))?,
+        updated_at: timestamp(row, at(Column::UpdatedAt))?,
+        created_by: row.get(at(Column::CreatedBy))?,
+        updated_by: row.get(at(Column::UpdatedBy))?,
+        version: row.get(at(Column::Version))?,
+        name_search: row.get(at(Column::NameSearch))?,
+    })
 }
 
 /// Inserts a user. `actor` is the audit name of the principal doing the write.
@@ -234,7 +256,7 @@ pub async fn update(
 
 /// Why a conditional write matched no row: the user is gone, or its version moved on.
 async fn precondition_or_missing(db: &DatabaseConnection, id: i64) -> AppError {
-    match get(db, id).await {
+    match get(&Reads::pool_only(db), id).await {
         Ok(_) => AppError::PreconditionFailed,
         Err(err) => err,
     }

@@ -151,7 +151,7 @@ async fn keys_are_managed_over_http_and_secrets_shown_once() {
     .await;
 
     // Creation and revocation are audit events in the log, without the secret.
-    let logs = app.logs();
+    let logs = app.logs().await;
     let events: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())

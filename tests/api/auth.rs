@@ -256,7 +256,7 @@ async fn first_start_prints_one_admin_key_that_works_and_is_never_logged() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 201, "the bootstrap key is an admin key");
-    let logs = app.logs();
+    let logs = app.logs().await;
     assert!(!logs.contains(&key), "the key must never reach the logs");
     assert!(!logs.contains(&key[4..]), "nor any part of its secret");
     drop(app);

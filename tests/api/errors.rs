@@ -164,7 +164,7 @@ async fn request_ids_are_echoed_or_generated_and_in_problems() {
     assert_eq!(generated.len(), 36, "a UUID replaces an unsafe id");
 
     // Every request is logged once with method, path, status and its id.
-    let logs = app.logs();
+    let logs = app.logs().await;
     let line = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -59,6 +59,19 @@ fn postgres_admin(sql: String) {
 
 /// A fresh database that outlives server processes, so a test can restart the server on it:
 /// a temp SQLite file, or a PostgreSQL database of its own, dropped afterwards.
+/// Settings for opening the store directly, bypassing the server.
+pub fn db_args(url: &str) -> users_api::config::DbArgs {
+    users_api::config::DbArgs {
+        database_url: url.to_owned(),
+        log_format: users_api::config::LogFormat::Json,
+        db_max_connections: 2,
+        db_acquire_timeout_secs: 5,
+        db_statement_timeout_secs: 30,
+        db_startup_wait_secs: 5,
+        sqlite_synchronous: users_api::config::SqliteSync::Normal,
+    }
+}
+
 pub struct TestDb {
     _dir: Option<TempDir>,
     pub url: String,
@@ -384,7 +397,10 @@ impl TestApp {
         }
     }
 
-    pub fn logs(&self) -> String {
+    /// Everything logged so far. The server writes its log buffer out every 100 ms, so this
+    /// first waits long enough for lines from requests already answered to arrive.
+    pub async fn logs(&self) -> String {
+        tokio::time::sleep(Duration::from_millis(300)).await;
         self.stderr.lock().unwrap().clone()
     }
 

@@ -212,7 +212,7 @@ async fn valid_rsa_and_ec_tokens_are_accepted_and_audited() {
     );
 
     // Tokens never reach the logs.
-    assert!(!app.logs().contains(&rsa_token));
+    assert!(!app.logs().await.contains(&rsa_token));
 }
 
 #[tokio::test]
@@ -383,6 +383,7 @@ async fn an_unreachable_jwks_leaves_api_keys_working() {
     assert_eq!(problem["type"], "urn:users-api:problem:unavailable");
     assert!(
         app.logs()
+            .await
             .contains("could not load identity provider signing keys")
     );
 }

@@ -64,5 +64,5 @@ async fn metrics_can_require_their_own_token() {
         .await
         .unwrap();
     assert_eq!(right.status(), 200);
-    assert!(!app.logs().contains("scrape-secret"));
+    assert!(!app.logs().await.contains("scrape-secret"));
 }

@@ -4,12 +4,11 @@
 use chrono::Utc;
 use sea_orm::{ConnectionTrait, DbBackend, QuerySelect, QueryTrait, Statement, TransactionTrait};
 use users_api::{
-    config::{DbArgs, LogFormat},
     domain::{Cursor, ListQuery, Sort, SortField, SortKey, UserFilter},
     store,
 };
 
-use crate::helpers::TestDb;
+use crate::helpers::{TestDb, db_args};
 
 fn cursor_for(query: &ListQuery) -> Cursor {
     let key = match query.sort.field {
@@ -23,16 +22,7 @@ fn cursor_for(query: &ListQuery) -> Cursor {
 #[tokio::test]
 async fn every_sort_walks_an_index_at_any_depth() {
     let test_db = TestDb::new();
-    let args = DbArgs {
-        database_url: test_db.url.clone(),
-        log_format: LogFormat::Json,
-        db_max_connections: 2,
-        db_acquire_timeout_secs: 5,
-        db_statement_timeout_secs: 30,
-        db_startup_wait_secs: 5,
-        sqlite_synchronous: users_api::config::SqliteSync::Normal,
-    };
-    let db = store::connect(&args).await.unwrap();
+    let db = store::connect(&db_args(&test_db.url)).await.unwrap();
     store::migrate(&db, async |_| Ok(())).await.unwrap();
     let backend = db.get_database_backend();
 

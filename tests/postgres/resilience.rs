@@ -96,12 +96,12 @@ async fn the_service_starts_when_the_database_comes_up_late() {
     .await;
     opener.await.unwrap();
 
+    let logs = app.logs().await;
     assert!(
-        app.logs().contains("database not reachable yet; retrying"),
-        "{}",
-        app.logs()
+        logs.contains("database not reachable yet; retrying"),
+        "{logs}"
     );
-    assert!(app.logs().contains("database reachable"));
+    assert!(logs.contains("database reachable"));
     assert_eq!(app.list_users("").await.status(), 200);
 }
 
@@ -207,10 +207,7 @@ async fn instances_starting_together_on_an_empty_database_migrate_once_and_mint_
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(minted(), 1, "exactly one instance prints a bootstrap key");
     for app in [&a, &b] {
-        assert!(
-            !app.logs().contains("\"level\":\"ERROR\""),
-            "{}",
-            app.logs()
-        );
+        let logs = app.logs().await;
+        assert!(!logs.contains("\"level\":\"ERROR\""), "{logs}");
     }
 }

@@ -1,0 +1,272 @@
+//! SQLite reads run on the calling thread.
+//!
+//! sqlx gives every SQLite connection a thread of its own: each statement is handed to that
+//! thread and its rows handed back, two context switches a query. For the reads that dominate
+//! the API (a user by id, a page walking an index) that hand-off costs more than SQLite's own
+//! work: in a profile of `GET /users/{id}`, 40% of the CPU went to waking and switching threads.
+//! Here the same sea-orm query runs synchronously, on the request's own thread, on a small pool
+//! of read-only connections.
+//!
+//! Blocking an async runtime thread is only acceptable for work known to be short, so every
+//! statement runs under a budget of SQLite virtual-machine steps (about a millisecond of work).
+//! A statement that exceeds it, or that finds the database busy, is abandoned and the caller
+//! runs it on the sqlx pool instead, off the runtime's threads. Reads see what every committed
+//! write left, as on the pool: each statement is its own WAL read transaction.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, Row,
+    config::DbConfig,
+    types::{Type, Value as SqliteValue},
+};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, sea_query::Value};
+
+/// The progress callback runs every this many virtual-machine steps...
+const STEPS_PER_CHECK: i32 = 1_000;
+/// ...and interrupts the statement on this call. A page of 200 users takes about 4,000 steps;
+/// a filter that has to scan thousands of rows to fill a page takes more and goes to the pool.
+const CHECKS_ALLOWED: u32 = 25;
+/// Connections kept for reuse. Statements run on runtime threads one at a time each, so more
+/// than the runtime's threads are never in use at once.
+const MAX_IDLE: usize = 8;
+
+/// The pool of read-only connections to one SQLite database file.
+pub struct InlineReads {
+    path: PathBuf,
+    idle: Mutex<Vec<ReadConnection>>,
+}
+
+struct ReadConnection {
+    connection: Connection,
+    /// Progress callbacks made during the current statement.
+    checks: Arc<AtomicU32>,
+}
+
+/// Why a statement was not answered inline.
+enum Deferred {
+    /// Over budget, or the database was busy: expected, and the pool will do it.
+    Expected,
+    /// Anything else: the pool will do it and report its own error, if any.
+    Unexpected(rusqlite::Error),
+}
+
+impl InlineReads {
+    /// For the file the pool's connections have open; `None` on other backends and for a
+    /// database that lives only in memory (no other connection could see it).
+    pub async fn for_database(db: &DatabaseConnection) -> Result<Option<Arc<Self>>, DbErr> {
+        if db.get_database_backend() != DbBackend::Sqlite {
+            return Ok(None);
+        }
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            ))
+            .await?;
+        let file: String = match row {
+            Some(row) => row.try_get("", "file")?,
+            None => return Ok(None),
+        };
+        if file.is_empty() {
+            return Ok(None);
+        }
+        let reads = InlineReads {
+            path: PathBuf::from(file),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Fail at start, not on the first request, if the file cannot be opened.
+        let first = reads
+            .open()
+            .map_err(|err| DbErr::Custom(format!("opening a read connection: {err}")))?;
+        reads.put_back(first);
+        Ok(Some(Arc::new(reads)))
+    }
+
+    fn open(&self) -> rusqlite::Result<ReadConnection> {
+        // Read-only: nothing on this path can write. No mutex: the pool hands a connection to
+        // one thread at a time.
+        let connection = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // Busy means wait; waiting is the pool's job.
+        connection.busy_timeout(Duration::ZERO)?;
+        // Plans that ignore bound values: otherwise SQLite re-parses and re-plans a cached
+        // statement whenever a value its plan looked at changes (`LIMIT ?`, for one), which
+        // here was every execution.
+        connection.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        connection.set_prepared_statement_cache_capacity(32);
+        let checks = Arc::new(AtomicU32::new(0));
+        let counter = checks.clone();
+        connection.progress_handler(
+            STEPS_PER_CHECK,
+            Some(move || counter.fetch_add(1, Ordering::Relaxed) + 1 >= CHECKS_ALLOWED),
+        )?;
+        Ok(ReadConnection { connection, checks })
+    }
+
+    fn take(&self) -> rusqlite::Result<ReadConnection> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match idle {
+            Some(connection) => Ok(connection),
+            None => self.open(),
+        }
+    }
+
+    fn put_back(&self, connection: ReadConnection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(connection);
+        }
+    }
+
+    /// Runs `statement` and maps each row with `from_row`; `None` when it has to run on the
+    /// pool instead (see the module's documentation).
+    pub fn query<T>(
+        &self,
+        statement: &Statement,
+        from_row: fn(&Row) -> rusqlite::Result<T>,
+    ) -> Option<Vec<T>> {
+        let outcome = self.take().map_err(Deferred::from).and_then(|read| {
+            read.checks.store(0, Ordering::Relaxed);
+            let rows = run(&read.connection, statement, from_row);
+            self.put_back(read);
+            rows
+        });
+        match outcome {
+            Ok(rows) => Some(rows),
+            Err(Deferred::Expected) => None,
+            Err(Deferred::Unexpected(err)) => {
+                tracing::warn!(error = %err, "inline read failed; running it on the pool");
+                None
+            }
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Deferred {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(
+                ErrorCode::OperationInterrupted
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked,
+            ) => Deferred::Expected,
+            _ => Deferred::Unexpected(err),
+        }
+    }
+}
+
+fn run<T>(
+    connection: &Connection,
+    statement: &Statement,
+    from_row: fn(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, Deferred> {
+    let values = match &statement.values {
+        Some(values) => values.0.iter().map(bind).collect::<Option<Vec<_>>>(),
+        None => Some(Vec::new()),
+    }
+    .ok_or_else(|| {
+        Deferred::Unexpected(rusqlite::Error::InvalidParameterName(
+            "a value of a type inline reads do not bind".into(),
+        ))
+    })?;
+    let mut prepared = connection.prepare_cached(&statement.sql)?;
+    let rows = prepared.query_map(rusqlite::params_from_iter(values), from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+}
+
+/// A query value as SQLite stores it, written as sqlx writes it (a timestamp as RFC 3339
+/// text, so comparisons with stored timestamps agree); `None` for types no read here uses.
+fn bind(value: &Value) -> Option<SqliteValue> {
+    fn or_null<T>(value: Option<T>, some: impl FnOnce(T) -> SqliteValue) -> SqliteValue {
+        value.map_or(SqliteValue::Null, some)
+    }
+    Some(match value {
+        Value::Bool(v) => or_null(*v, |v| SqliteValue::Integer(v.into())),
+        Value::Int(v) => or_null(*v, |v| SqliteValue::Integer(v.into())),
+        Value::BigInt(v) => or_null(*v, SqliteValue::Integer),
+        Value::Unsigned(v) => or_null(*v, |v| SqliteValue::Integer(v.into())),
+        Value::BigUnsigned(v) => or_null(v.map(i64::try_from), |v| {
+            v.map_or(SqliteValue::Null, SqliteValue::Integer)
+        }),
+        Value::String(v) => or_null(v.clone(), SqliteValue::Text),
+        Value::ChronoDateTimeUtc(v) => or_null(*v, |at| {
+            SqliteValue::Text(at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false))
+        }),
+        _ => return None,
+    })
+}
+
+/// A stored timestamp, read as sqlx reads it: RFC 3339, or SQLite's own `YYYY-MM-DD HH:MM:SS`
+/// forms (taken as UTC when they carry no offset).
+pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let text = row.get_ref(column)?.as_str()?;
+    parse_timestamp(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            Type::Text,
+            format!("not a timestamp: {text:?}").into(),
+        )
+    })
+}
+
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Some(at.to_utc());
+    }
+    if let Ok(at) = DateTime::parse_from_str(text, "%F %T%.f%:z") {
+        return Some(at.to_utc());
+    }
+    NaiveDateTime::parse_from_str(text, "%F %T%.f")
+        .ok()
+        .map(|at| at.and_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_parse_in_every_form_sqlx_writes_or_sqlite_makes() {
+        let at = DateTime::parse_from_rfc3339("2026-11-24T09:30:00.123456Z")
+            .unwrap()
+            .to_utc();
+        for text in [
+            "2026-11-24T09:30:00.123456+00:00",
+            "2026-11-24T09:30:00.123456Z",
+            "2026-11-24T10:30:00.123456+01:00",
+            "2026-11-24 09:30:00.123456+00:00",
+            "2026-11-24 09:30:00.123456",
+        ] {
+            assert_eq!(parse_timestamp(text), Some(at), "{text}");
+        }
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+
+    #[test]
+    fn timestamps_bind_as_the_text_sqlx_stores() {
+        let at = DateTime::parse_from_rfc3339("2026-11-24T09:30:00.120Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            bind(&Value::ChronoDateTimeUtc(Some(at))),
+            Some(SqliteValue::Text("2026-11-24T09:30:00.120+00:00".into()))
+        );
+        assert_eq!(bind(&Value::BigInt(None)), Some(SqliteValue::Null));
+        assert_eq!(bind(&Value::Double(Some(1.0))), None);
+    }
+}
