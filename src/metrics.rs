@@ -1,10 +1,15 @@
-//! Prometheus metrics: requests by operation and status, latency, pool use, rate-limit refusals.
+//! Prometheus metrics: requests by operation and status, latency, pool use, inline SQLite
+//! reads, rate-limit refusals.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use std::sync::{Mutex, PoisonError};
+
 use sea_orm::DatabaseConnection;
+
+use crate::store::Reads;
 
 /// This process's metrics; each instance is scraped on its own.
 pub struct Metrics {
@@ -12,6 +17,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     pool: IntGaugeVec,
+    inline_reads: IntCounterVec,
+    /// Held while `inline_reads` catches up, so concurrent scrapes do not both add a difference.
+    inline_catch_up: Mutex<()>,
     rate_limited: IntCounter,
 }
 
@@ -49,6 +57,15 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let inline_reads = IntCounterVec::new(
+            Opts::new(
+                "sqlite_inline_reads_total",
+                "SQLite reads answered on the request's thread, or handed to the pool as too \
+                 long or busy",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let rate_limited = IntCounter::new(
             "rate_limit_rejections_total",
             "Requests refused with 429 (rate limited)",
@@ -58,6 +75,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(pool.clone()),
+            Box::new(inline_reads.clone()),
             Box::new(rate_limited.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -67,6 +85,8 @@ impl Metrics {
             requests,
             latency,
             pool,
+            inline_reads,
+            inline_catch_up: Mutex::new(()),
             rate_limited,
         }
     }
@@ -84,12 +104,25 @@ impl Metrics {
     }
 
     /// The text exposition, with point-in-time gauges read now.
-    pub fn render(&self, db: &DatabaseConnection) -> String {
+    pub fn render(&self, db: &DatabaseConnection, reads: &Reads) -> String {
         let (size, idle) = pool_size(db);
         self.pool
             .with_label_values(&["in_use"])
             .set((size as usize).saturating_sub(idle) as i64);
         self.pool.with_label_values(&["idle"]).set(idle as i64);
+        if let Some(inline) = reads.inline() {
+            // The reads count themselves (no metrics handle on the hot path); the counters
+            // catch up to them here.
+            let _turn = self
+                .inline_catch_up
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let (answered, deferred) = inline.counts();
+            for (outcome, total) in [("answered", answered), ("deferred", deferred)] {
+                let counter = self.inline_reads.with_label_values(&[outcome]);
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

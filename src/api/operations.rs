@@ -91,8 +91,8 @@ impl OperationsApi {
 
     /// Metrics
     ///
-    /// Requests by operation and status, latency histograms, database pool use and rate-limit
-    /// refusals, for Prometheus. When the server has a `--metrics-token`, send it as
+    /// Requests by operation and status, latency histograms, database pool use, SQLite reads
+    /// answered inline or handed to the pool, and rate-limit refusals, for Prometheus. When the server has a `--metrics-token`, send it as
     /// `Authorization: Bearer <token>`.
     #[oai(path = "/metrics", method = "get", operation_id = "getMetrics")]
     async fn metrics(
@@ -113,7 +113,7 @@ impl OperationsApi {
             }
         }
         Ok(MetricsResponse::Ok(PlainText(
-            state.metrics.render(&state.db),
+            state.metrics.render(&state.db, &state.reads),
         )))
     }
 }

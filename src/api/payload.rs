@@ -138,9 +138,16 @@ pub struct JsonText<T> {
 
 impl<T: serde::Serialize> JsonText<T> {
     pub fn new(value: &T) -> Self {
-        let body = serde_json::to_string(value)
+        Self::sized(value, 512)
+    }
+
+    /// With room for `bytes` reserved up front, so a large body (a page) is not copied as
+    /// its buffer doubles.
+    pub fn sized(value: &T, bytes: usize) -> Self {
+        let mut body = Vec::with_capacity(bytes);
+        serde_json::to_writer(&mut body, value)
             .expect("a value whose keys are strings always encodes as JSON");
-        Self::replay(body)
+        Self::replay(String::from_utf8(body).expect("serde_json writes UTF-8"))
     }
 }
 

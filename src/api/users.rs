@@ -395,9 +395,11 @@ impl UsersApi {
                 cursor,
             )
         });
-        let items = page.items.into_iter().map(User::from).collect();
+        let items: Vec<User> = page.items.into_iter().map(User::from).collect();
+        // A user encodes to about 300 bytes.
+        let size = 64 + 320 * items.len();
         Ok(ListUsersResponse::Ok(
-            JsonText::new(&UserPage { items, next_cursor }),
+            JsonText::sized(&UserPage { items, next_cursor }, size),
             link,
         ))
     }

@@ -17,7 +17,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -44,6 +44,9 @@ const MAX_IDLE: usize = 8;
 pub struct InlineReads {
     path: PathBuf,
     idle: Mutex<Vec<ReadConnection>>,
+    /// Statements answered here, and handed to the pool (for the metrics).
+    answered: AtomicU64,
+    deferred: AtomicU64,
 }
 
 struct ReadConnection {
@@ -83,6 +86,8 @@ impl InlineReads {
         let reads = InlineReads {
             path: PathBuf::from(file),
             idle: Mutex::new(Vec::new()),
+            answered: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
         };
         // Fail at start, not on the first request, if the file cannot be opened.
         let first = reads
@@ -147,6 +152,11 @@ impl InlineReads {
             self.put_back(read);
             rows
         });
+        let counter = match outcome {
+            Ok(_) => &self.answered,
+            Err(_) => &self.deferred,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok(rows) => Some(rows),
             Err(Deferred::Expected) => None,
@@ -155,6 +165,14 @@ impl InlineReads {
                 None
             }
         }
+    }
+
+    /// Statements answered inline and statements handed to the pool, since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.deferred.load(Ordering::Relaxed),
+        )
     }
 }
 

@@ -147,3 +147,32 @@ async fn inline_reads_answer_what_the_pool_answers() {
         Some(vec![42])
     );
 }
+
+/// Whether reads run inline or fall back to the pool is visible to operators.
+#[tokio::test]
+async fn inline_reads_are_counted_in_the_metrics() {
+    let app = spawn_app().await;
+    let user = app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
+    for _ in 0..3 {
+        let response = app.get_user(user["id"].as_i64().unwrap()).await;
+        assert_eq!(response.status(), 200);
+    }
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answered: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("users_api_sqlite_inline_reads_total{outcome=\"answered\"} ")
+        })
+        .expect("the inline reads counter")
+        .parse()
+        .unwrap();
+    assert!(answered >= 3, "{metrics}");
+}
