@@ -24,7 +24,7 @@ fn main() -> ExitCode {
 
 /// mimalloc reserves its heap in large aligned arenas. On a kernel whose transparent huge pages
 /// are set to `always` (as on the benchmark machine), the first touch anywhere in a 2 MiB range
-/// of them makes all 2 MiB resident: an idle server held 65 MiB, 39 MiB with huge pages off for
+/// of them makes all 2 MiB resident: an idle server held 65 MiB, 42 MiB with huge pages off for
 /// the process (measured). Done first, before the runtime's threads allocate.
 fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
