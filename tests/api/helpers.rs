@@ -380,6 +380,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The Prometheus text of `/metrics` (no token is configured in tests).
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub fn stdout(&self) -> String {
         self.stdout.lock().unwrap().clone()
     }

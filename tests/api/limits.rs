@@ -42,15 +42,7 @@ async fn each_principal_gets_its_own_budget_with_ratelimit_headers() {
         .await
         .unwrap();
     assert_eq!(theirs.status(), 200, "another key has its own budget");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("users_api_rate_limit_rejections_total 1"),
         "{metrics}"

@@ -50,14 +50,7 @@ async fn inline_reads_answer_what_the_pool_answers() {
     }
     let middle = middle.unwrap();
     let id = middle["id"].as_i64().unwrap();
-    let patched = app
-        .client
-        .patch(app.url(&format!("/api/v1/users/{id}")))
-        .bearer_auth(&app.key)
-        .json(&json!({"role": "Lead"}))
-        .send()
-        .await
-        .unwrap();
+    let patched = app.update_user(id, &json!({"role": "Lead"})).await;
     assert_eq!(patched.status(), 200);
 
     let db = store::connect(&crate::helpers::db_args(&app.db.url))
@@ -157,15 +150,7 @@ async fn inline_reads_are_counted_in_the_metrics() {
         let response = app.get_user(user["id"].as_i64().unwrap()).await;
         assert_eq!(response.status(), 200);
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let answered: u64 = metrics
         .lines()
         .find_map(|line| {
