@@ -8,14 +8,17 @@ pub mod rate_limits;
 pub mod users;
 pub mod write_gate;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, QuerySelect, QueryTrait, Select, TransactionTrait,
+    FromQueryResult, PrimaryKeyTrait, QueryTrait, Select, Statement, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -111,21 +114,29 @@ impl Reads {
         select.all(&self.pool).await
     }
 
-    /// The first row `select` finds, if any.
-    pub async fn one<E>(
+    /// The row of `E` whose primary key is `id`, if any. The SQL is the same for every id, so
+    /// it is built once, into `sql`, and only the id is bound: building it with sea-query took
+    /// 14% of the instructions of a GET by id (callgrind).
+    pub async fn by_id<E>(
         &self,
-        select: Select<E>,
+        sql: &'static OnceLock<String>,
+        id: i64,
         from_row: fn(&rusqlite::Row) -> rusqlite::Result<E::Model>,
     ) -> Result<Option<E::Model>, DbErr>
     where
         E: EntityTrait,
         E::Model: FromQueryResult + Send + Sync,
+        <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<i64>,
     {
-        Ok(self
-            .all(select.limit(1), from_row)
-            .await?
-            .into_iter()
-            .next())
+        if let Some(inline) = &self.inline {
+            let sql = sql.get_or_init(|| E::find_by_id(0).build(DbBackend::Sqlite).sql);
+            let statement =
+                Statement::from_sql_and_values(DbBackend::Sqlite, sql.clone(), [id.into()]);
+            if let Some(rows) = inline.query(&statement, from_row) {
+                return Ok(rows.into_iter().next());
+            }
+        }
+        E::find_by_id(id).one(&self.pool).await
     }
 }
 

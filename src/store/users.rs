@@ -1,3 +1,5 @@
+use std::sync::OnceLock;
+
 use entity::users::{ActiveModel, Column, Entity, Model};
 use sea_orm::{
     ActiveModelTrait,
@@ -135,8 +137,9 @@ pub async fn list(
 }
 
 pub async fn get(reads: &Reads, id: i64) -> Result<Model, AppError> {
+    static BY_ID: OnceLock<String> = OnceLock::new();
     reads
-        .one(Entity::find_by_id(id), from_row)
+        .by_id::<Entity>(&BY_ID, id, from_row)
         .await?
         .ok_or_else(|| not_found(id))
 }

@@ -116,6 +116,7 @@ async fn inline_reads_answer_what_the_pool_answers() {
         }
     }
 
+    let (answered, deferred) = inline.counts();
     for id in [1, id, 30, 31, -1] {
         let by_inline = store::users::get(&reads, id).await.ok();
         let by_pool = entity::users::Entity::find_by_id(id)
@@ -124,6 +125,8 @@ async fn inline_reads_answer_what_the_pool_answers() {
             .unwrap();
         assert_eq!(by_inline, by_pool, "user {id}");
     }
+    // ...and each was answered inline, by the SQL built once for every id.
+    assert_eq!(inline.counts(), (answered + 5, deferred));
     let stored = store::users::get(&reads, id).await.unwrap();
     assert_eq!((stored.version, stored.role.as_str()), (2, "Lead"));
 
