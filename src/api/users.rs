@@ -97,7 +97,10 @@ mod encode {
 
     /// `to_rfc3339` (`+00:00`), as `ToJSON` writes it; chrono's own serde form ends in `Z`.
     pub fn timestamp<S: Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
-        out.serialize_str(&at.to_rfc3339())
+        match crate::timestamp::write(at) {
+            Some(text) => out.serialize_str(text.as_str()),
+            None => out.serialize_str(&at.to_rfc3339()),
+        }
     }
 
     pub fn email<S: Serializer>(email: &Option<Email>, out: S) -> Result<S::Ok, S::Error> {

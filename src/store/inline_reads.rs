@@ -244,6 +244,10 @@ pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
 }
 
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    // The form sqlx writes, read without chrono's general parser.
+    if let Some(at) = crate::timestamp::parse(text) {
+        return Some(at);
+    }
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Some(at.to_utc());
     }
