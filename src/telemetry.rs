@@ -8,9 +8,16 @@ use std::{
     time::Duration,
 };
 
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
+use tracing_subscriber::{
+    EnvFilter,
+    fmt::{MakeWriter, format::JsonFields},
+};
+
+use self::json_line::JsonLine;
 
 use crate::config::LogFormat;
+
+mod json_line;
 
 /// How long a log line may wait in the buffer before it is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -31,10 +38,8 @@ pub fn init(format: LogFormat) -> LogFlush {
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLine)
             .try_init(),
     };
     guard
