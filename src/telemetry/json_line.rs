@@ -6,8 +6,8 @@
 //! parses them back into a `serde_json::Value` to write them out again; it also formats each
 //! field into a temporary string before escaping it. Together that was 21k instructions of
 //! every access-log line (callgrind), a fifth of a GET by id. Here the span's text is copied as
-//! it is and fields are escaped as they are formatted. A test checks the lines against
-//! tracing-subscriber's own.
+//! it is and fields are escaped as they are formatted: about 9k a line. A test checks the lines
+//! against tracing-subscriber's own.
 
 use std::fmt::{self, Write};
 
