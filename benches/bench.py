@@ -99,9 +99,10 @@ class Process:
                 self.proc.kill()
 
 
-def server(db_path, extra=()):
+def server(db_path, extra=(), wrapper=()):
+    """The service on a free port; `wrapper` runs it under another program (valgrind, say)."""
     return Process(
-        [SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db_path}",
+        [*wrapper, SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db_path}",
          "--log-format", "json", "--rate-limit", "0", "--rate-limit-anonymous", "0",
          "--request-timeout-secs", "60", *extra],
         "stderr",

@@ -15,9 +15,7 @@ the 50-user page.
 
 import argparse
 import http.client
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,25 +32,10 @@ PATHS = {
 
 def callgrind_total(binary, db, key, mode, requests, out_dir):
     out = Path(out_dir) / f"callgrind.{binary.name}.{mode}.{requests}"
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(binary), "serve",
-         "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db}", "--log-format", "json",
-         "--rate-limit", "0", "--rate-limit-anonymous", "0"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    bench.SERVER = binary
+    server = bench.server(db, wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
     try:
-        addr = None
-        for line in proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "listening":
-                addr = event["addr"]
-                break
-        if addr is None:
-            raise RuntimeError(f"{binary} did not report an address")
-        subprocess.Popen(["cat"], stdin=proc.stderr, stdout=subprocess.DEVNULL)
-        host, port = addr.rsplit(":", 1)
+        host, port = server.addr.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port))
         for i in range(requests):
             conn.request("GET", PATHS[mode](i), headers={"Authorization": f"Bearer {key}"})
@@ -62,8 +45,8 @@ def callgrind_total(binary, db, key, mode, requests, out_dir):
                 raise RuntimeError(f"{mode}: status {response.status}")
         conn.close()
     finally:
-        proc.terminate()
-        proc.wait()
+        # A graceful stop: callgrind writes its counts when the process exits.
+        server.stop()
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
