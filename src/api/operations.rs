@@ -92,8 +92,8 @@ impl OperationsApi {
     /// Metrics
     ///
     /// Requests by operation and status, latency histograms, database pool use, SQLite reads
-    /// answered inline or handed to the pool, and rate-limit refusals, for Prometheus. When the server has a `--metrics-token`, send it as
-    /// `Authorization: Bearer <token>`.
+    /// answered inline or handed to the pool, and rate-limit refusals, for Prometheus. When the
+    /// server has a `--metrics-token`, send it as `Authorization: Bearer <token>`.
     #[oai(path = "/metrics", method = "get", operation_id = "getMetrics")]
     async fn metrics(
         &self,
