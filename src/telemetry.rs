@@ -8,12 +8,9 @@ use std::{
     time::Duration,
 };
 
-use tracing_subscriber::{
-    EnvFilter,
-    fmt::{MakeWriter, format::JsonFields},
-};
+use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
-use self::json_line::JsonLine;
+use self::json_line::{JsonLine, SpanFields};
 
 use crate::config::LogFormat;
 
@@ -38,7 +35,7 @@ pub fn init(format: LogFormat) -> LogFlush {
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
+            .fmt_fields(SpanFields)
             .event_format(JsonLine)
             .try_init(),
     };
