@@ -26,7 +26,7 @@ use crate::{
     error::AppError,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
-    store::{self, group_commit::Creates, write_gate::WriteGate},
+    store::{self, group_commit::Writes, write_gate::WriteGate},
 };
 
 /// What handlers share: built once at start, cloned cheaply into each request.
@@ -42,8 +42,8 @@ pub struct AppState {
     pub key_cache: Arc<KeyCache>,
     /// Serialises this process's writes on SQLite (see `store::write_gate`).
     pub write_gate: WriteGate,
-    /// User creates, committed in batches on SQLite (see `store::group_commit`).
-    pub creates: Creates,
+    /// User creates and updates, committed in batches on SQLite (see `store::group_commit`).
+    pub writes: Writes,
     pub policy: Arc<Policy>,
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
@@ -294,7 +294,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
-        creates: Creates::start(&db, write_gate.clone()),
+        writes: Writes::start(&db, write_gate.clone()),
         write_gate,
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),

@@ -426,7 +426,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersWrite)?;
         let actor = auth.0.subject.audit_name();
         let Some(key) = idempotency_key.0 else {
-            let model = state.creates.create(body.value, actor).await?;
+            let model = state.writes.create(body.value, actor).await?;
             return Ok(created(model, None));
         };
         let claim = idempotency::Claim {
@@ -505,8 +505,8 @@ impl UsersApi {
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
         let actor = auth.0.subject.audit_name();
-        let _turn = state.write_gate.enter().await;
-        let user = store::users::replace(&state.db, id.0, body.value, &actor, expected).await?;
+        let changes = body.value.into();
+        let user = state.writes.update(id.0, changes, actor, expected).await?;
         Ok(user_response(user))
     }
 
@@ -531,8 +531,10 @@ impl UsersApi {
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
         let actor = auth.0.subject.audit_name();
-        let _turn = state.write_gate.enter().await;
-        let user = store::users::update(&state.db, id.0, body.value, &actor, expected).await?;
+        let user = state
+            .writes
+            .update(id.0, body.value, actor, expected)
+            .await?;
         Ok(user_response(user))
     }
 

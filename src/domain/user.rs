@@ -86,6 +86,18 @@ pub struct UserChanges {
     pub email: Option<Option<Email>>,
 }
 
+/// A full replace is the change that sets every client-writable field: an absent email clears
+/// the address.
+impl From<NewUser> for UserChanges {
+    fn from(user: NewUser) -> Self {
+        UserChanges {
+            name: Some(user.name),
+            role: Some(user.role),
+            email: Some(user.email),
+        }
+    }
+}
+
 impl NewUser {
     /// Reads a create/replace body. Unknown and read-only members (`id`, `created_at`, ...) are
     /// ignored, so bodies copied from a response or from older clients still work.

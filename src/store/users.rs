@@ -197,32 +197,32 @@ pub(super) async fn insert(
     .await
 }
 
-/// Full replace: every client-writable field takes the given value (an absent email clears it).
-pub async fn replace(
-    db: &DatabaseConnection,
-    id: i64,
-    user: NewUser,
-    actor: &str,
-    expected_version: Option<i64>,
-) -> Result<Model, AppError> {
-    let changes = UserChanges {
-        name: Some(user.name),
-        role: Some(user.role),
-        email: Some(user.email),
-    };
-    update(db, id, changes, actor, expected_version).await
-}
-
 /// Applies `changes` in one statement that also bumps the version. With `expected_version`
 /// the statement matches only that version, so of concurrent writers holding the same ETag
 /// exactly one succeeds and the rest get 412: no update is lost.
 pub async fn update(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     id: i64,
     changes: UserChanges,
     actor: &str,
     expected_version: Option<i64>,
 ) -> Result<Model, AppError> {
+    match apply_update(db, id, changes, actor, expected_version).await {
+        Ok(Some(model)) => Ok(model),
+        Ok(None) => Err(precondition_or_missing(db, id).await),
+        Err(err) => Err(write_error(err)),
+    }
+}
+
+/// The UPDATE of [`update`]: `None` when no row matched, its error left for the caller to
+/// classify.
+pub(super) async fn apply_update(
+    db: &impl ConnectionTrait,
+    id: i64,
+    changes: UserChanges,
+    actor: &str,
+    expected_version: Option<i64>,
+) -> Result<Option<Model>, DbErr> {
     let mut statement = Entity::update_many()
         .col_expr(Column::UpdatedAt, Expr::val(super::now()))
         .col_expr(Column::UpdatedBy, Expr::val(actor))
@@ -247,21 +247,16 @@ pub async fn update(
     if let Some(version) = expected_version {
         statement = statement.filter(Column::Version.eq(version));
     }
-    let mut rows = statement
-        .exec_with_returning(db)
-        .await
-        .map_err(write_error)?;
-    match rows.pop() {
-        Some(model) => Ok(model),
-        None => Err(precondition_or_missing(db, id).await),
-    }
+    Ok(statement.exec_with_returning(db).await?.pop())
 }
 
-/// Why a conditional write matched no row: the user is gone, or its version moved on.
-async fn precondition_or_missing(db: &DatabaseConnection, id: i64) -> AppError {
-    match get(&Reads::pool_only(db), id).await {
-        Ok(_) => AppError::PreconditionFailed,
-        Err(err) => err,
+/// Why a conditional write matched no row: the user is gone, or its version moved on. Asked
+/// on the connection (or transaction) that wrote, so it sees what the write saw.
+pub(super) async fn precondition_or_missing(db: &impl ConnectionTrait, id: i64) -> AppError {
+    match Entity::find_by_id(id).one(db).await {
+        Ok(Some(_)) => AppError::PreconditionFailed,
+        Ok(None) => not_found(id),
+        Err(err) => err.into(),
     }
 }
 

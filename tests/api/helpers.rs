@@ -229,13 +229,11 @@ pub async fn acknowledged(writers: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> 
 /// Each of `users` is stored exactly as it was acknowledged.
 pub async fn assert_all_stored(app: &TestApp, users: &[Value]) {
     for user in users {
-        let stored: Value = app
-            .get_user(user["id"].as_i64().unwrap())
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(&stored, user, "acknowledged, so it must be there");
+        assert_eq!(
+            &app.stored(user).await,
+            user,
+            "acknowledged, so it must be there"
+        );
     }
 }
 
@@ -347,6 +345,13 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// The stored form of `user` (a user as a response gave it), read back by its id.
+    pub async fn stored(&self, user: &Value) -> Value {
+        let response = self.get_user(user["id"].as_i64().unwrap()).await;
+        assert_eq!(response.status(), 200, "{user}");
+        response.json().await.unwrap()
     }
 
     pub async fn replace_user(&self, id: i64, body: &Value) -> Response {

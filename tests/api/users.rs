@@ -386,6 +386,54 @@ async fn sigterm_lets_in_flight_writes_finish_and_loses_none() {
     assert_all_stored(&app, &acknowledged).await;
 }
 
+/// Concurrent updates share one transaction on SQLite too: an update whose new email another
+/// update in the same batch took first fails alone, and changes nothing of its user.
+#[tokio::test]
+async fn concurrent_updates_with_clashing_emails_succeed_or_conflict_one_by_one() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let mut originals = Vec::new();
+    for i in 0..40 {
+        let body = json!({"name": format!("User {i}"), "role": "Dev", "email": format!("a{i}@example.org")});
+        originals.push(app.create_user(&body).await.json::<Value>().await.unwrap());
+    }
+    let updates: Vec<_> = originals
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let (app, id) = (app.clone(), user["id"].as_i64().unwrap());
+            tokio::spawn(async move {
+                // Users 2k and 2k+1 both ask for address b{k}.
+                let body = json!({"email": format!("b{}@example.org", i / 2)});
+                let response = app.update_user(id, &body).await;
+                (
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut updated = Vec::new();
+    let mut unchanged = Vec::new();
+    for (update, original) in updates.into_iter().zip(&originals) {
+        match update.await.unwrap() {
+            (200, user) => {
+                assert_eq!(user["name"], original["name"]);
+                updated.push(user);
+            }
+            (409, problem) => {
+                assert_eq!(problem["type"], "urn:users-api:problem:conflict");
+                unchanged.push(original.clone());
+            }
+            (status, body) => panic!("update of {original}: {status} {body}"),
+        }
+    }
+    assert_eq!((updated.len(), unchanged.len()), (20, 20));
+    let emails: HashSet<_> = updated.iter().map(|u| u["email"].clone()).collect();
+    assert_eq!(emails.len(), 20, "each address went to one user");
+    assert_all_stored(&app, &updated).await;
+    assert_all_stored(&app, &unchanged).await;
+}
+
 /// Concurrent creates share one transaction on SQLite (group commit); a duplicate email must
 /// fail alone, not take the creates committed beside it down with it.
 #[tokio::test]
