@@ -172,6 +172,7 @@ def main():
             results["GET /users/{id}"] = wrk(api.addr, "get", args, key, users=args.users)
             results["GET /users (50)"] = wrk(api.addr, "list", args, key, path="/api/v1/users?limit=50")
             results["POST /users"] = wrk(api.addr, "create", args, key)
+            results["POST /users, Idempotency-Key"] = wrk(api.addr, "create_idempotent", args, key)
             results["PATCH /users/{id}"] = wrk(api.addr, "patch", args, key, users=args.users)
             results["90/10 get/patch"] = wrk(api.addr, "mix", args, key, users=args.users)
             peak_rss = api.peak_rss_kib()

@@ -1,5 +1,6 @@
 -- wrk script for benches/bench.py. The request shape comes from the environment:
--- BENCH_MODE (baseline | get | list | create | patch | mix), BENCH_KEY, BENCH_USERS, BENCH_PATH.
+-- BENCH_MODE (baseline | get | list | create | create_idempotent | patch | mix), BENCH_KEY,
+-- BENCH_USERS, BENCH_PATH.
 local mode = os.getenv("BENCH_MODE") or "baseline"
 local key = os.getenv("BENCH_KEY")
 local users = tonumber(os.getenv("BENCH_USERS") or "1000")
@@ -26,10 +27,18 @@ end
 request = function()
   if mode == "get" then
     return get_user()
-  elseif mode == "create" then
+  elseif mode == "create" or mode == "create_idempotent" then
     created = created + 1
-    local body = '{"name":"Bench ' .. created .. ' ' .. math.random(1, 1000000) .. '","role":"Load"}'
-    return wrk.format("POST", "/api/v1/users", json_headers, body)
+    local tag = created .. ' ' .. math.random(1, 1000000)
+    local body = '{"name":"Bench ' .. tag .. '","role":"Load"}'
+    if mode == "create" then
+      return wrk.format("POST", "/api/v1/users", json_headers, body)
+    end
+    -- A fresh key per request, as a client that retries safely sends one per logical create.
+    local idempotent_headers = {}
+    for k, v in pairs(json_headers) do idempotent_headers[k] = v end
+    idempotent_headers["Idempotency-Key"] = "bench-" .. tag:gsub(" ", "-")
+    return wrk.format("POST", "/api/v1/users", idempotent_headers, body)
   elseif mode == "patch" then
     return patch_user()
   elseif mode == "mix" then

@@ -22,7 +22,7 @@ use crate::{
     domain::{ListQuery, NewUser, Scope, Sort, SortField, UserChanges, UserFilter},
     error::{AppError, FieldError},
     startup::AppState,
-    store::{self, idempotency},
+    store::{self, group_commit::Once, idempotency},
 };
 
 /// A user.
@@ -429,27 +429,20 @@ impl UsersApi {
             let model = state.writes.create(body.value, actor).await?;
             return Ok(created(model, None));
         };
-        let claim = idempotency::Claim {
-            principal: &actor,
-            key: &key,
-            request_hash: &body.fingerprint,
+        let once = Once {
+            key,
+            request_hash: body.fingerprint,
             ttl: state.policy.idempotency_ttl,
-        };
-        let _turn = state.write_gate.enter().await;
-        let outcome = idempotency::run_once(
-            &state.db,
-            claim,
-            async |txn| store::users::create(txn, body.value, &actor).await,
-            |model| idempotency::Recorded {
+            record: Box::new(|model| idempotency::Recorded {
                 status: 201,
                 body: JsonText::new(&User::from(model.clone()))
                     .as_str()
                     .to_owned(),
                 location: Some(user_location(model.id)),
                 etag: Some(etag(model)),
-            },
-        )
-        .await?;
+            }),
+        };
+        let outcome = state.writes.create_once(body.value, actor, once).await?;
         match outcome {
             idempotency::Outcome::Fresh(model) => Ok(created(model, Some(false))),
             idempotency::Outcome::Replayed(recorded) => Ok(CreateUserResponse::Created(

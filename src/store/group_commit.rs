@@ -1,4 +1,4 @@
-//! Group commit for user creates and updates on SQLite. SQLite commits one transaction at a
+//! Group commit for user creates (idempotent ones included) and updates on SQLite. SQLite commits one transaction at a
 //! time and each commit appends every page it touched (the table and each of its indexes) to
 //! the WAL, so under concurrent load most of a write's cost is its own commit. Writes that arrive
 //! while another write holds the gate queue here and then go to the database together, in
@@ -10,14 +10,22 @@
 //! find a newer version (412). A duplicate email fails only its own statement: SQLite's default
 //! conflict action aborts the statement, not the transaction, so the rest of the batch still
 //! commits. Any other error rolls the whole batch back and every caller in it gets that error;
-//! none was acknowledged. PostgreSQL has no single writer to queue behind; there writes go
-//! straight to the pool.
+//! none was acknowledged. An idempotent create runs in a savepoint of the batch's transaction,
+//! so a create that fails takes its idempotency record with it, and a key that an earlier
+//! create (in this batch or before) holds replays that create's response. PostgreSQL has no
+//! single writer to queue behind; there writes go straight to the pool.
 
 use entity::users::Model;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, TransactionTrait,
+};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{users, write_gate::WriteGate};
+use super::{
+    idempotency::{self, Claim, Outcome, Recorded},
+    users,
+    write_gate::WriteGate,
+};
 use crate::{
     domain::{NewUser, UserChanges},
     error::{AppError, is_transient},
@@ -27,8 +35,18 @@ use crate::{
 /// pool, small enough that the last caller of a batch does not wait long on the first.
 const MAX_BATCH: usize = 64;
 
+/// What makes a create idempotent: the caller's key, the fingerprint of its body, how long
+/// the key is kept, and how to record the response a retry replays.
+pub struct Once {
+    pub key: String,
+    pub request_hash: String,
+    pub ttl: chrono::Duration,
+    pub record: Box<dyn FnOnce(&Model) -> Recorded + Send>,
+}
+
 enum Change {
     Create(NewUser),
+    CreateOnce(NewUser, Once),
     Update {
         id: i64,
         changes: UserChanges,
@@ -39,7 +57,7 @@ enum Change {
 struct Job {
     change: Change,
     actor: String,
-    done: oneshot::Sender<Result<Model, AppError>>,
+    done: oneshot::Sender<Result<Outcome<Model>, AppError>>,
 }
 
 /// Where handlers send user writes: to the batching worker on SQLite, to the pool otherwise.
@@ -67,8 +85,23 @@ impl Writes {
     /// Creates a user and returns it once its transaction has committed.
     pub async fn create(&self, user: NewUser, actor: String) -> Result<Model, AppError> {
         match &self.batches {
-            Some(batches) => submit(batches, Change::Create(user), actor).await,
+            Some(batches) => fresh(submit(batches, Change::Create(user), actor).await),
             None => users::create(&self.db, user, &actor).await,
+        }
+    }
+
+    /// Creates a user once per `(actor, once.key)` (see [`idempotency::run_once`]): the user,
+    /// once its transaction has committed, or the recorded response of the create that holds
+    /// the key.
+    pub async fn create_once(
+        &self,
+        user: NewUser,
+        actor: String,
+        once: Once,
+    ) -> Result<Outcome<Model>, AppError> {
+        match &self.batches {
+            Some(batches) => submit(batches, Change::CreateOnce(user, once), actor).await,
+            None => create_once(&self.db, user, &actor, once).await,
         }
     }
 
@@ -89,7 +122,31 @@ impl Writes {
             changes,
             expected_version,
         };
-        submit(batches, change, actor).await
+        fresh(submit(batches, change, actor).await)
+    }
+}
+
+async fn create_once(
+    db: &(impl ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>),
+    user: NewUser,
+    actor: &str,
+    once: Once,
+) -> Result<Outcome<Model>, AppError> {
+    let claim = Claim {
+        principal: actor,
+        key: &once.key,
+        request_hash: &once.request_hash,
+        ttl: once.ttl,
+    };
+    let work = async |txn: &DatabaseTransaction| users::create(txn, user, actor).await;
+    idempotency::run_once(db, claim, work, once.record).await
+}
+
+/// Only idempotent creates are ever replayed.
+fn fresh(outcome: Result<Outcome<Model>, AppError>) -> Result<Model, AppError> {
+    match outcome? {
+        Outcome::Fresh(model) => Ok(model),
+        Outcome::Replayed(_) => unreachable!("a write without an idempotency key replayed"),
     }
 }
 
@@ -97,7 +154,7 @@ async fn submit(
     batches: &mpsc::Sender<Job>,
     change: Change,
     actor: String,
-) -> Result<Model, AppError> {
+) -> Result<Outcome<Model>, AppError> {
     let (done, outcome) = oneshot::channel();
     let stopped = || AppError::Unavailable("the server is shutting down; retry".into());
     batches
@@ -157,7 +214,7 @@ async fn commit(db: &DatabaseConnection, batch: Vec<Job>) {
 async fn write_all(
     db: &DatabaseConnection,
     work: Vec<(Change, String)>,
-) -> Result<Vec<Result<Model, AppError>>, DbErr> {
+) -> Result<Vec<Result<Outcome<Model>, AppError>>, DbErr> {
     let txn = db.begin().await?;
     let mut outcomes = Vec::with_capacity(work.len());
     for (change, actor) in work {
@@ -174,9 +231,13 @@ async fn write(
     txn: &DatabaseTransaction,
     change: Change,
     actor: &str,
-) -> Result<Result<Model, AppError>, DbErr> {
+) -> Result<Result<Outcome<Model>, AppError>, DbErr> {
     let written = match change {
         Change::Create(user) => users::insert(txn, user, actor).await.map(Ok),
+        // Its savepoint has already undone whatever failed; the failure is this create's own.
+        Change::CreateOnce(user, once) => {
+            return Ok(create_once(txn, user, actor, once).await);
+        }
         Change::Update {
             id,
             changes,
@@ -188,7 +249,7 @@ async fn write(
         },
     };
     match written {
+        Ok(outcome) => Ok(outcome.map(Outcome::Fresh)),
         Err(err) => users::conflict(&err).map(Err).ok_or(err),
-        outcome => outcome,
     }
 }

@@ -5,8 +5,8 @@
 use chrono::Duration;
 use entity::idempotency_keys::{ActiveModel, Column, Entity, Model};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, QueryFilter, SqlErr, TransactionTrait,
 };
 
 use crate::error::AppError;
@@ -36,11 +36,12 @@ pub struct Claim<'a> {
 
 /// Runs `work` once per (principal, key) within the TTL. `work` runs inside the transaction
 /// that also records its response (`record`), so either both happen or neither does; a
-/// concurrent request with the same key waits on the unique index and then replays.
+/// concurrent request with the same key waits on the unique index and then replays. `db` may
+/// itself be a transaction (a group commit's): then all this is a savepoint within it.
 pub async fn run_once<T>(
-    db: &DatabaseConnection,
+    db: &(impl ConnectionTrait + TransactionTrait<Transaction = DatabaseTransaction>),
     claim: Claim<'_>,
-    work: impl AsyncFnOnce(&sea_orm::DatabaseTransaction) -> Result<T, AppError>,
+    work: impl AsyncFnOnce(&DatabaseTransaction) -> Result<T, AppError>,
     record: impl FnOnce(&T) -> Recorded,
 ) -> Result<Outcome<T>, AppError> {
     let now = super::now();

@@ -116,3 +116,70 @@ async fn keys_expire_after_their_ttl() {
     assert_ne!(later["id"], first["id"]);
     assert_eq!(count_users(&app).await, 2);
 }
+
+/// On SQLite, concurrent idempotent creates share a group commit, each in its own savepoint:
+/// retries within one batch replay the first, and a create that fails keeps nothing, not even
+/// its key.
+#[tokio::test]
+async fn concurrent_idempotent_creates_replay_or_fail_one_by_one() {
+    let app = Arc::new(spawn_app().await);
+    let taken = json!({"name": "Taken", "role": "Dev", "email": "taken@example.org"});
+    assert_eq!(app.create_user(&taken).await.status(), 201);
+    let attempts: Vec<_> = (0..30)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                // Each of ten keys three times; the last key's create wants a taken address.
+                let k = i % 10;
+                let email = if k == 9 {
+                    "taken@example.org".to_owned()
+                } else {
+                    format!("u{k}@example.org")
+                };
+                let body = json!({"name": format!("U{k}"), "role": "Dev", "email": email});
+                let response = post_with_key(&app, &format!("batch-{k}"), &body).await;
+                let status = response.status().as_u16();
+                let replayed = response
+                    .headers()
+                    .get("idempotent-replayed")
+                    .map(|v| v.to_str().unwrap() == "true");
+                (k, status, replayed, response.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut by_key: Vec<Vec<(u16, Option<bool>, Value)>> = vec![Vec::new(); 10];
+    for attempt in attempts {
+        let (k, status, replayed, body) = attempt.await.unwrap();
+        by_key[k].push((status, replayed, body));
+    }
+    for (k, responses) in by_key.iter().enumerate().take(9) {
+        assert!(
+            responses.iter().all(|(status, ..)| *status == 201),
+            "key {k}: {responses:?}"
+        );
+        let fresh = responses
+            .iter()
+            .filter(|(_, replayed, _)| *replayed == Some(false))
+            .count();
+        assert_eq!(
+            fresh, 1,
+            "key {k}: one create, the rest replays: {responses:?}"
+        );
+        assert!(
+            responses.iter().all(|(.., user)| *user == responses[0].2),
+            "key {k}"
+        );
+    }
+    for (status, _, problem) in &by_key[9] {
+        assert_eq!(*status, 409, "{problem}");
+        assert_eq!(problem["type"], "urn:users-api:problem:conflict");
+    }
+    assert_eq!(count_users(&app).await, 10);
+
+    // The failed create left its key free: corrected, the same key creates.
+    let fixed = json!({"name": "U9", "role": "Dev", "email": "u9@example.org"});
+    let retry = post_with_key(&app, "batch-9", &fixed).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "false");
+    assert_eq!(count_users(&app).await, 11);
+}
