@@ -26,7 +26,7 @@ use crate::{
     error::AppError,
     metrics::Metrics,
     rate_limit::{Limits, RateLimiter},
-    store::{self, group_commit::Writes, write_gate::WriteGate},
+    store::{self, group_commit::Writes},
 };
 
 /// What handlers share: built once at start, cloned cheaply into each request.
@@ -40,8 +40,6 @@ pub struct AppState {
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
     pub key_cache: Arc<KeyCache>,
-    /// Serialises this process's writes on SQLite (see `store::write_gate`).
-    pub write_gate: WriteGate,
     /// User creates and updates, committed in batches on SQLite (see `store::group_commit`).
     pub writes: Writes,
     pub policy: Arc<Policy>,
@@ -287,15 +285,13 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     });
     spawn_idempotency_purge(db.clone());
     store::spawn_wal_checkpoints(&db);
-    let write_gate = WriteGate::for_database(&db);
     let state = AppState {
         db: db.clone(),
         reads: store::Reads::new(&db).await?,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage: key_usage.clone(),
-        writes: Writes::start(&db, write_gate.clone()),
-        write_gate,
+        writes: Writes::start(&db),
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,

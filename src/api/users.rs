@@ -549,8 +549,7 @@ impl UsersApi {
         auth.0.require(Scope::UsersWrite)?;
         let expected =
             expected_version(if_match.0.as_deref(), id.0, state.policy.require_if_match)?;
-        let _turn = state.write_gate.enter().await;
-        store::users::delete(&state.db, id.0, expected).await?;
+        state.writes.delete(id.0, expected).await?;
         Ok(DeleteUserResponse::Deleted)
     }
 }

@@ -6,7 +6,6 @@ pub mod idempotency;
 pub mod inline_reads;
 pub mod rate_limits;
 pub mod users;
-pub mod write_gate;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -142,7 +141,7 @@ impl Reads {
 
 /// Left to itself, SQLite checkpoints inside whichever commit takes the WAL past 1,000 pages:
 /// that one write waits for the copy into the database file and its fsync, and behind the
-/// write gate so does every write queued after it (the 800 ms PATCH p99 in the benchmark).
+/// group commit so does every write queued after it (the 800 ms PATCH p99 in the benchmark).
 /// With automatic checkpoints off, this task runs a PASSIVE checkpoint twice a second, which
 /// copies what it can beside readers and writers without blocking either. A process that never
 /// serves (the CLI) leaves the WAL to SQLite, which checkpoints it when the last connection closes.

@@ -4,8 +4,8 @@ use entity::users::{ActiveModel, Column, Entity, Model};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, Order,
-    QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Order, QueryFilter, QueryOrder,
+    QuerySelect, Select, SqlErr,
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
@@ -260,17 +260,27 @@ pub(super) async fn precondition_or_missing(db: &impl ConnectionTrait, id: i64) 
     }
 }
 
+/// Deletes a user; with `expected_version`, only at that version (else 412).
 pub async fn delete(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     id: i64,
     expected_version: Option<i64>,
 ) -> Result<(), AppError> {
+    match apply_delete(db, id, expected_version).await? {
+        Some(_) => Ok(()),
+        None => Err(precondition_or_missing(db, id).await),
+    }
+}
+
+/// The DELETE of [`delete`]: the user as it was, `None` when no row matched.
+pub(super) async fn apply_delete(
+    db: &impl ConnectionTrait,
+    id: i64,
+    expected_version: Option<i64>,
+) -> Result<Option<Model>, DbErr> {
     let mut statement = Entity::delete_many().filter(Column::Id.eq(id));
     if let Some(version) = expected_version {
         statement = statement.filter(Column::Version.eq(version));
     }
-    if statement.exec(db).await?.rows_affected == 0 {
-        return Err(precondition_or_missing(db, id).await);
-    }
-    Ok(())
+    Ok(statement.exec_with_returning(db).await?.pop())
 }

@@ -226,3 +226,49 @@ async fn if_match_can_be_required() {
     let ok = send_if_match(&app, Method::PATCH, id, &tag, Some(json!({"role": "X"}))).await;
     assert_eq!(ok.status(), 200);
 }
+
+/// A delete racing updates that hold the same tag (on SQLite, often in one group commit): one
+/// of them wins; after a winning update the rest find a newer version (412), after a winning
+/// delete they find no user (404).
+#[tokio::test]
+async fn a_delete_racing_updates_on_one_tag_lets_exactly_one_through() {
+    let app = Arc::new(spawn_app_with(&["--rate-limit", "0"]).await);
+    for round in 0..5 {
+        let created = app
+            .create_user(&json!({"name": format!("Raced {round}"), "role": "0"}))
+            .await;
+        let id = created.json::<Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap();
+        let tag = etag(&app.get_user(id).await);
+        let attempts = (0..9).map(|i| {
+            let (app, tag) = (app.clone(), tag.clone());
+            tokio::spawn(async move {
+                let (method, body) = if i == 4 {
+                    (Method::DELETE, None)
+                } else {
+                    (Method::PATCH, Some(json!({"role": format!("w{i}")})))
+                };
+                let status = send_if_match(&app, method.clone(), id, &tag, body)
+                    .await
+                    .status();
+                (method, status.as_u16())
+            })
+        });
+        let outcomes: Vec<(Method, u16)> = futures_util::future::join_all(attempts)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let winners: Vec<_> = outcomes.iter().filter(|(_, s)| *s < 300).collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        let deleted = winners[0].0 == Method::DELETE;
+        let now = app.get_user(id).await.status().as_u16();
+        assert_eq!(now, if deleted { 404 } else { 200 });
+        for (method, status) in outcomes.iter().filter(|(_, s)| *s >= 300) {
+            // Once the user is gone a stale tag cannot be told from a missing user: 404.
+            let expected = if deleted { 404 } else { 412 };
+            assert_eq!(*status, expected, "{method}: {outcomes:?}");
+        }
+    }
+}
