@@ -40,7 +40,8 @@ pub struct AppState {
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
     pub key_cache: Arc<KeyCache>,
-    /// User creates and updates, committed in batches on SQLite (see `store::group_commit`).
+    /// User writes (creates, updates, deletes), committed in batches on SQLite (see
+    /// `store::group_commit`).
     pub writes: Writes,
     pub policy: Arc<Policy>,
     /// Present unless every rate limit is off.

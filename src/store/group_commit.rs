@@ -174,23 +174,32 @@ async fn submit(
     actor: String,
 ) -> Result<Outcome<Model>, AppError> {
     let (done, outcome) = oneshot::channel();
+    let job = Job {
+        change,
+        actor,
+        done,
+    };
     let stopped = || AppError::Unavailable("the server is shutting down; retry".into());
-    batches
-        .send(Job {
-            change,
-            actor,
-            done,
-        })
-        .await
-        .map_err(|_| stopped())?;
-    outcome.await.map_err(|_| stopped())?
+    batches.send(job).await.map_err(|_| stopped())?;
+    // Dropped unanswered: the server stopped, or the batch failed, before its commit.
+    outcome.await.map_err(|_| {
+        AppError::Unavailable(
+            "the write was not made (the server is stopping or failed); retry".into(),
+        )
+    })?
 }
 
 async fn run(db: DatabaseConnection, mut jobs: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Each turn takes everything queued (up to MAX_BATCH) while the last batch committed.
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        commit(&db, std::mem::take(&mut batch)).await;
+        // A task of its own, so that a panic while writing one batch fails that batch (rolled
+        // back, its callers told to retry) instead of every user write from then on.
+        let db = db.clone();
+        let batch = std::mem::take(&mut batch);
+        if let Err(err) = tokio::spawn(async move { commit(&db, batch).await }).await {
+            tracing::error!(error = %err, "a batch of user writes failed; its callers retry");
+        }
     }
 }
 
