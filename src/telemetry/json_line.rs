@@ -156,15 +156,15 @@ impl<'w> FormatFields<'w> for SpanFields {
         fields: &Record<'_>,
     ) -> fmt::Result {
         let mut values = SpanValues::new();
-        let existing = std::mem::take(&mut current.fields);
-        if !existing.is_empty() {
+        if !current.fields.is_empty() {
             let object: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(&existing).map_err(|_| fmt::Error)?;
+                serde_json::from_str(&current.fields).map_err(|_| fmt::Error)?;
             for (name, value) in object {
                 values.entries.push((Cow::Owned(name), value.to_string()));
             }
         }
         fields.record(&mut values);
+        current.fields.clear();
         values.write(&mut current.as_writer())
     }
 }
