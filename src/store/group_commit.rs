@@ -265,34 +265,18 @@ async fn write(
             expected_version,
         } => {
             let updated = users::apply_update(txn, id, changes, actor, expected_version).await;
-            matched(txn, id, updated).await
+            users::matched(txn, id, updated).await
         }
         Change::Delete {
             id,
             expected_version,
         } => {
-            matched(
-                txn,
-                id,
-                users::apply_delete(txn, id, expected_version).await,
-            )
-            .await
+            let deleted = users::apply_delete(txn, id, expected_version).await;
+            users::matched(txn, id, deleted).await
         }
     };
     match written {
         Ok(outcome) => Ok(outcome.map(Outcome::Fresh)),
         Err(err) => users::conflict(&err).map(Err).ok_or(err),
     }
-}
-
-/// A conditional write's row, or why it matched none (404 or 412), asked within the batch.
-async fn matched(
-    txn: &DatabaseTransaction,
-    id: i64,
-    written: Result<Option<Model>, DbErr>,
-) -> Result<Result<Model, AppError>, DbErr> {
-    Ok(match written? {
-        Some(model) => Ok(model),
-        None => Err(users::precondition_or_missing(txn, id).await),
-    })
 }

@@ -207,11 +207,8 @@ pub async fn update(
     actor: &str,
     expected_version: Option<i64>,
 ) -> Result<Model, AppError> {
-    match apply_update(db, id, changes, actor, expected_version).await {
-        Ok(Some(model)) => Ok(model),
-        Ok(None) => Err(precondition_or_missing(db, id).await),
-        Err(err) => Err(write_error(err)),
-    }
+    let updated = apply_update(db, id, changes, actor, expected_version).await;
+    matched(db, id, updated).await.map_err(write_error)?
 }
 
 /// The UPDATE of [`update`]: `None` when no row matched, its error left for the caller to
@@ -250,14 +247,22 @@ pub(super) async fn apply_update(
     Ok(statement.exec_with_returning(db).await?.pop())
 }
 
-/// Why a conditional write matched no row: the user is gone, or its version moved on. Asked
-/// on the connection (or transaction) that wrote, so it sees what the write saw.
-pub(super) async fn precondition_or_missing(db: &impl ConnectionTrait, id: i64) -> AppError {
-    match Entity::find_by_id(id).one(db).await {
+/// A conditional write's row or, when it matched none, why: the user is gone (404) or its
+/// version moved on (412). Asked on the connection (or transaction) that wrote, so it sees what
+/// the write saw. The write's own error is left for the caller to classify.
+pub(super) async fn matched(
+    db: &impl ConnectionTrait,
+    id: i64,
+    written: Result<Option<Model>, DbErr>,
+) -> Result<Result<Model, AppError>, DbErr> {
+    if let Some(model) = written? {
+        return Ok(Ok(model));
+    }
+    Ok(Err(match Entity::find_by_id(id).one(db).await {
         Ok(Some(_)) => AppError::PreconditionFailed,
         Ok(None) => not_found(id),
         Err(err) => err.into(),
-    }
+    }))
 }
 
 /// Deletes a user; with `expected_version`, only at that version (else 412).
@@ -266,10 +271,8 @@ pub async fn delete(
     id: i64,
     expected_version: Option<i64>,
 ) -> Result<(), AppError> {
-    match apply_delete(db, id, expected_version).await? {
-        Some(_) => Ok(()),
-        None => Err(precondition_or_missing(db, id).await),
-    }
+    let deleted = apply_delete(db, id, expected_version).await;
+    matched(db, id, deleted).await?.map(drop)
 }
 
 /// The DELETE of [`delete`]: the user as it was, `None` when no row matched.
