@@ -129,12 +129,9 @@ async fn stale_if_match_is_412_and_changes_nothing() {
 async fn concurrent_patches_with_the_same_tag_let_exactly_one_through_per_version() {
     // Hundreds of retried writes from one key: not a test of rate limits.
     let app = Arc::new(spawn_app_with(&["--rate-limit", "0"]).await);
-    let created = app
-        .create_user(&json!({"name": "Counter", "role": "0"}))
+    let id = app
+        .create_user_id(&json!({"name": "Counter", "role": "0"}))
         .await;
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
 
     // Round one: 20 writers holding the same tag; one wins, 19 get 412.
     let tag = etag(&app.get_user(id).await);
@@ -234,12 +231,9 @@ async fn if_match_can_be_required() {
 async fn a_delete_racing_updates_on_one_tag_lets_exactly_one_through() {
     let app = Arc::new(spawn_app_with(&["--rate-limit", "0"]).await);
     for round in 0..5 {
-        let created = app
-            .create_user(&json!({"name": format!("Raced {round}"), "role": "0"}))
+        let id = app
+            .create_user_id(&json!({"name": format!("Raced {round}"), "role": "0"}))
             .await;
-        let id = created.json::<Value>().await.unwrap()["id"]
-            .as_i64()
-            .unwrap();
         let tag = etag(&app.get_user(id).await);
         let attempts = (0..9).map(|i| {
             let (app, tag) = (app.clone(), tag.clone());

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{acknowledged, assert_all_stored, spawn_app, spawn_writers, start};
+use crate::helpers::{
+    acknowledged, assert_all_stored, spawn_app, spawn_updaters, spawn_writers, start,
+};
 
 #[tokio::test]
 async fn every_acknowledged_create_survives_kill_9() {
@@ -35,59 +37,20 @@ async fn every_acknowledged_update_survives_kill_9() {
     let (db, key) = (app.db.clone(), app.key.clone());
     let mut ids = Vec::new();
     for w in 0..8 {
-        let created = app
-            .create_user(&json!({"name": format!("w{w}"), "role": "0"}))
-            .await;
         ids.push(
-            created.json::<Value>().await.unwrap()["id"]
-                .as_i64()
-                .unwrap(),
+            app.create_user_id(&json!({"name": format!("w{w}"), "role": "0"}))
+                .await,
         );
     }
-    let writers: Vec<_> = ids
-        .iter()
-        .map(|&id| {
-            let (client, url, key) = (
-                app.client.clone(),
-                app.url(&format!("/api/v1/users/{id}")),
-                app.key.clone(),
-            );
-            tokio::spawn(async move {
-                let mut last = None;
-                for round in 1.. {
-                    let body = json!({"role": round.to_string()});
-                    match client
-                        .patch(&url)
-                        .bearer_auth(&key)
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(response) if response.status() == 200 => {
-                            match response.json::<Value>().await {
-                                Ok(user) => last = Some(user),
-                                Err(_) => break,
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-                last
-            })
-        })
-        .collect();
+    let writers = spawn_updaters(&app, &ids);
     tokio::time::sleep(Duration::from_millis(700)).await;
     tokio::task::spawn_blocking(move || app.kill9())
         .await
         .unwrap();
     let mut acknowledged = Vec::new();
     for writer in writers {
-        acknowledged.push(
-            writer
-                .await
-                .unwrap()
-                .expect("each writer got some updates through"),
-        );
+        let last = writer.await.unwrap().pop();
+        acknowledged.push(last.expect("each writer got some updates through"));
     }
     // Each user's role counts its acknowledged updates.
     let round = |user: &Value| user["role"].as_str().unwrap().parse::<i64>().unwrap();

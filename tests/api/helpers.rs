@@ -195,26 +195,60 @@ pub fn spawn_writers(
                 app.key.clone(),
             );
             tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                for i in 0..per_writer.unwrap_or(usize::MAX) {
+                send_until_refused(per_writer, 201, |i| {
                     let body = serde_json::json!({"name": format!("w{w} #{i}"), "role": "Dev"});
-                    match client.post(&url).bearer_auth(&key).json(&body).send().await {
-                        Ok(response) if response.status() == 201 => {
-                            match response.json::<Value>().await {
-                                Ok(user) => acknowledged.push(user),
-                                // The server went away between the status line and the body:
-                                // the client never saw a complete acknowledgement.
-                                Err(_) => break,
-                            }
-                        }
-                        // Once the server stops, connections fail: that ends the load.
-                        _ => break,
-                    }
-                }
-                acknowledged
+                    client.post(&url).bearer_auth(&key).json(&body)
+                })
+                .await
             })
         })
         .collect()
+}
+
+/// One client per user in `ids`, each patching its user's role to "1", "2", ... until the
+/// server stops answering. Each returns the users it got a complete 200 for.
+pub fn spawn_updaters(app: &TestApp, ids: &[i64]) -> Vec<tokio::task::JoinHandle<Vec<Value>>> {
+    ids.iter()
+        .map(|&id| {
+            let (client, url, key) = (
+                app.client.clone(),
+                app.url(&format!("/api/v1/users/{id}")),
+                app.key.clone(),
+            );
+            tokio::spawn(async move {
+                send_until_refused(None, 200, |i| {
+                    let body = serde_json::json!({"role": (i + 1).to_string()});
+                    client.patch(&url).bearer_auth(&key).json(&body)
+                })
+                .await
+            })
+        })
+        .collect()
+}
+
+/// Sends `request(0)`, `request(1)`, ... until `limit` (if given) or until one is not answered
+/// `expected` with a complete body; returns the bodies of those that were.
+async fn send_until_refused(
+    limit: Option<usize>,
+    expected: u16,
+    request: impl Fn(usize) -> RequestBuilder,
+) -> Vec<Value> {
+    let mut acknowledged = Vec::new();
+    for i in 0..limit.unwrap_or(usize::MAX) {
+        match request(i).send().await {
+            Ok(response) if response.status() == expected => {
+                match response.json::<Value>().await {
+                    Ok(body) => acknowledged.push(body),
+                    // The server went away between the status line and the body: the client
+                    // never saw a complete acknowledgement.
+                    Err(_) => break,
+                }
+            }
+            // Once the server stops, connections fail: that ends the load.
+            _ => break,
+        }
+    }
+    acknowledged
 }
 
 /// Everything the writers got a 201 for, once they have all finished.
@@ -344,6 +378,15 @@ impl TestApp {
         self.request(Method::GET, &format!("/api/v1/users/{id}"))
             .send()
             .await
+            .unwrap()
+    }
+
+    /// Creates a user from `body` and returns its id.
+    pub async fn create_user_id(&self, body: &Value) -> i64 {
+        let response = self.create_user(body).await;
+        assert_eq!(response.status(), 201, "{body}");
+        response.json::<Value>().await.unwrap()["id"]
+            .as_i64()
             .unwrap()
     }
 
