@@ -14,6 +14,8 @@ end
 local json_headers = {}
 for k, v in pairs(headers) do json_headers[k] = v end
 json_headers["Content-Type"] = "application/json"
+local idempotent_headers = {}
+for k, v in pairs(json_headers) do idempotent_headers[k] = v end
 
 local function get_user()
   return wrk.format("GET", "/api/v1/users/" .. math.random(1, users), headers)
@@ -35,8 +37,6 @@ request = function()
       return wrk.format("POST", "/api/v1/users", json_headers, body)
     end
     -- A fresh key per request, as a client that retries safely sends one per logical create.
-    local idempotent_headers = {}
-    for k, v in pairs(json_headers) do idempotent_headers[k] = v end
     idempotent_headers["Idempotency-Key"] = "bench-" .. tag:gsub(" ", "-")
     return wrk.format("POST", "/api/v1/users", idempotent_headers, body)
   elseif mode == "patch" then
