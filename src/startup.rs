@@ -8,7 +8,11 @@ use std::{
 };
 
 use poem::{
-    Endpoint, EndpointExt, IntoResponse, Route, Server, get,
+    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Middleware, Request, Response, Route,
+    Server,
+    endpoint::BoxEndpoint,
+    error::MethodNotAllowedError,
+    get,
     http::Method,
     listener::{Acceptor, Listener, TcpListener},
     middleware::{CatchPanic, Cors},
@@ -18,7 +22,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     api::{
         self, API_PREFIX,
-        edge::{AllowTable, edge, render_errors},
+        edge::{AllowTable, Edge, render_errors},
     },
     auth::{OAUTH_FLOW_URLS, audit, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
@@ -78,7 +82,7 @@ pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
     let document = api::spec_document();
     let docs = Docs::new(&service, &document);
-    let routes = Route::new()
+    let pages = Route::new()
         .nest("/docs", swagger_page(service.swagger_ui(), docs.swagger))
         .at("/redoc", get(html_page(docs.redoc)))
         .at(
@@ -88,25 +92,71 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at(
             format!("{API_PREFIX}/openapi.yaml"),
             get(text_document(docs.yaml, "application/yaml")),
-        )
-        .nest_no_strip("/", service)
-        .data(state.clone())
-        .with(CatchPanic::new())
-        .around(render_errors);
+        );
+    let routes = PagesOrApi {
+        pages,
+        api: service.into_endpoint(),
+    };
+    let allow = AllowTable::new(&document, &[&["/"], PAGES.as_slice()].concat());
+    // With CORS, errors become problems below it so that it decorates them too; without, the
+    // edge renders them itself and catches panics, saving three layers on every request.
     let cors = (!state.policy.cors_allow_origins.is_empty()).then(|| cors(&state.policy));
-    let allow = Arc::new(AllowTable::new(
-        &document,
-        &[
-            "/",
-            "/docs",
-            "/redoc",
-            "/api/v1/openapi.json",
-            "/api/v1/openapi.yaml",
-        ],
-    ));
-    routes
-        .with_if(cors.is_some(), cors.unwrap_or_default())
-        .around(move |next, request| edge(next, request, state.clone(), allow.clone()))
+    let inner = routes.with_if(cors.is_some(), CorsProblems(cors.unwrap_or_default()));
+    Edge::new(inner, state, allow)
+}
+
+/// The docs pages and spec files, or else the API. Chosen by a look at the path rather than
+/// by a router in front of poem-openapi's own, which cost every API request a second route
+/// match and a nest layer (measured with callgrind: 72.5k → 67.7k instructions per GET by id,
+/// 46.0k → 40.5k per `/health/live`).
+struct PagesOrApi<P, A> {
+    pages: P,
+    api: A,
+}
+
+/// The paths outside the spec: the docs pages and the spec files, all GET-only.
+const PAGES: [&str; 5] = [
+    "/docs",
+    "/docs/oauth-receiver.html",
+    "/redoc",
+    "/api/v1/openapi.json",
+    "/api/v1/openapi.yaml",
+];
+
+fn is_page(path: &str) -> bool {
+    path.starts_with("/docs/") || PAGES.contains(&path)
+}
+
+impl<P: Endpoint, A: Endpoint> Endpoint for PagesOrApi<P, A> {
+    type Output = Response;
+
+    async fn call(&self, request: Request) -> poem::Result<Response> {
+        if is_page(request.uri().path()) {
+            self.pages
+                .call(request)
+                .await
+                .map(IntoResponse::into_response)
+        } else {
+            self.api
+                .call(request)
+                .await
+                .map(IntoResponse::into_response)
+        }
+    }
+}
+
+/// CORS over problem-rendered errors, with panics caught beneath so they get its headers too.
+struct CorsProblems(Cors);
+
+impl<E: Endpoint + 'static> Middleware<E> for CorsProblems {
+    type Output = BoxEndpoint<'static>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        self.0
+            .transform(ep.with(CatchPanic::new()).around(render_errors))
+            .map_to_response()
+            .boxed()
+    }
 }
 
 /// The spec in every form it is served in, built once. poem-openapi's docs pages embed the spec
@@ -155,10 +205,14 @@ fn html_page(html: Arc<str>) -> impl Endpoint {
 }
 
 /// Swagger UI's own routes (its OAuth redirect page) with its index page swapped for ours.
+/// Both are pages to read: other methods get 405, as everywhere else.
 fn swagger_page(ui: impl Endpoint + 'static, html: Arc<str>) -> impl Endpoint {
     ui.around(move |ui, request| {
         let html = html.clone();
         async move {
+            if !matches!(*request.method(), Method::GET | Method::HEAD) {
+                return Err(MethodNotAllowedError.into());
+            }
             if request.uri().path().trim_end_matches('/').is_empty() {
                 return Ok(poem::web::Html(html.to_string()).into_response());
             }
@@ -268,6 +322,28 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     let shutdown = shutdown_signal()?;
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
 
+    let state = app_state(&db, args, oauth).await?;
+    let key_usage = state.key_usage.clone();
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            app(state),
+            shutdown,
+            Some(Duration::from_secs(args.shutdown_grace_secs)),
+        )
+        .await?;
+    key_usage.flush(&db).await;
+    db.close().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The state handlers share, over an open database, with the background tasks it relies on
+/// (key-usage flushes, rate-limit syncs, idempotency purges, WAL checkpoints).
+pub(crate) async fn app_state(
+    db: &DatabaseConnection,
+    args: &ServeArgs,
+    oauth: Option<Arc<OAuthVerifier>>,
+) -> Result<AppState, AppError> {
     let key_usage = KeyUsage::default();
     key_usage.spawn_flusher(
         db.clone(),
@@ -285,14 +361,14 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         limiter
     });
     spawn_idempotency_purge(db.clone());
-    store::spawn_wal_checkpoints(&db);
-    let state = AppState {
+    store::spawn_wal_checkpoints(db);
+    Ok(AppState {
         db: db.clone(),
-        reads: store::Reads::new(&db).await?,
+        reads: store::Reads::new(db).await?,
         max_body_bytes: args.max_body_bytes,
         oauth,
-        key_usage: key_usage.clone(),
-        writes: Writes::start(&db),
+        key_usage,
+        writes: Writes::start(db),
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,
@@ -300,18 +376,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         policy: Arc::new(Policy::from_args(args)),
         limiter,
         metrics: Arc::new(Metrics::new()),
-    };
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            app(state),
-            shutdown,
-            Some(Duration::from_secs(args.shutdown_grace_secs)),
-        )
-        .await?;
-    key_usage.flush(&db).await;
-    db.close().await?;
-    tracing::info!("stopped");
-    Ok(())
+    })
 }
 
 /// Expired idempotency records are dropped hourly (a reused key also drops its own).

@@ -16,7 +16,7 @@ use poem_openapi::{
 
 use self::key_cache::CachedKey;
 use crate::{
-    api::edge::{ClientIp, RateLimitSlot},
+    api::edge::RequestContext,
     domain::{ApiKeySecret, Scope, ScopeSet},
     error::AppError,
     rate_limit::Bucket,
@@ -174,19 +174,17 @@ impl<'a> ApiExtractor<'a> for Auth {
         let outcome = authenticate(state, token).await;
         // A principal is limited as such; bad credentials count against the address, so
         // guessing keys is throttled like any anonymous traffic.
+        let context = request.extensions().get::<RequestContext>();
         let bucket = match &outcome {
             Ok(principal) => Some(Bucket::Principal(principal.subject.clone())),
-            Err(AppError::InvalidToken(_)) => request
-                .extensions()
-                .get::<ClientIp>()
-                .map(|ip| Bucket::Ip(ip.0)),
+            Err(AppError::InvalidToken(_)) => context.and_then(|c| c.client_ip).map(Bucket::Ip),
             Err(_) => None,
         };
         if let (Some(limiter), Some(bucket)) = (&state.limiter, bucket)
             && let Some(decision) = limiter.check(&bucket).await
         {
-            if let Some(slot) = request.extensions().get::<RateLimitSlot>() {
-                slot.set(decision);
+            if let Some(context) = context {
+                context.rate_limit.set(decision);
             }
             if !decision.allowed {
                 return Err(AppError::RateLimited {

@@ -203,6 +203,17 @@ async fn docs_spec_and_root_are_public() {
             "{page} shows the OpenAPI links"
         );
     }
+    // They are pages to read: other methods are refused like anywhere else.
+    for page in [
+        "/docs",
+        "/docs/oauth-receiver.html",
+        "/redoc",
+        "/api/v1/openapi.json",
+    ] {
+        let refused = app.client.post(app.url(page)).send().await.unwrap();
+        assert_eq!(refused.headers()["allow"], "GET, HEAD", "{page}");
+        assert_problem(refused, 405).await;
+    }
     let spec: Value = app
         .client
         .get(app.url("/api/v1/openapi.json"))
