@@ -12,6 +12,7 @@ use std::{
 use chrono::{DateTime, Utc};
 
 use super::Principal;
+use crate::domain::KeyDigest;
 
 #[derive(Clone)]
 struct Entry {
@@ -31,7 +32,7 @@ pub struct CachedKey {
 pub struct KeyCache {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<KeyDigest, Entry>>,
 }
 
 impl KeyCache {
@@ -44,10 +45,10 @@ impl KeyCache {
         }
     }
 
-    /// The live entry for a key hash, if one was verified less than a TTL ago.
-    pub fn get(&self, hash: &str) -> Option<CachedKey> {
+    /// The live entry for a key's digest, if one was verified less than a TTL ago.
+    pub fn get(&self, digest: &KeyDigest) -> Option<CachedKey> {
         let entries = self.entries.lock().expect("key cache lock");
-        let entry = entries.get(hash)?;
+        let entry = entries.get(digest)?;
         (entry.fetched.elapsed() < self.ttl).then(|| CachedKey {
             key_id: entry.key_id,
             principal: entry.principal.clone(),
@@ -56,12 +57,12 @@ impl KeyCache {
     }
 
     /// Remembers a key just verified against the database (live keys only).
-    pub fn put(&self, hash: String, key: CachedKey) {
+    pub fn put(&self, digest: KeyDigest, key: CachedKey) {
         if self.ttl.is_zero() {
             return;
         }
         let mut entries = self.entries.lock().expect("key cache lock");
-        if entries.len() >= self.capacity && !entries.contains_key(&hash) {
+        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
             let ttl = self.ttl;
             entries.retain(|_, entry| entry.fetched.elapsed() < ttl);
             if entries.len() >= self.capacity {
@@ -70,7 +71,7 @@ impl KeyCache {
             }
         }
         entries.insert(
-            hash,
+            digest,
             Entry {
                 key_id: key.key_id,
                 principal: key.principal,
@@ -97,6 +98,10 @@ mod tests {
         domain::{Scope, ScopeSet},
     };
 
+    fn digest(name: &str) -> KeyDigest {
+        crate::domain::ApiKeySecret::digest_presented(name)
+    }
+
     fn key(id: i64) -> CachedKey {
         CachedKey {
             key_id: id,
@@ -111,24 +116,24 @@ mod tests {
     #[test]
     fn entries_live_for_the_ttl_and_can_be_forgotten() {
         let cache = KeyCache::new(Duration::from_millis(50), 10);
-        cache.put("a".into(), key(1));
-        cache.put("b".into(), key(2));
-        assert_eq!(cache.get("a").map(|k| k.key_id), Some(1));
+        cache.put(digest("a"), key(1));
+        cache.put(digest("b"), key(2));
+        assert_eq!(cache.get(&digest("a")).map(|k| k.key_id), Some(1));
         cache.forget(1);
-        assert!(cache.get("a").is_none());
+        assert!(cache.get(&digest("a")).is_none());
         std::thread::sleep(Duration::from_millis(60));
-        assert!(cache.get("b").is_none(), "aged out");
+        assert!(cache.get(&digest("b")).is_none(), "aged out");
     }
 
     #[test]
     fn the_cache_is_bounded_and_can_be_off() {
         let cache = KeyCache::new(Duration::from_secs(60), 3);
         for i in 0..10 {
-            cache.put(format!("k{i}"), key(i));
+            cache.put(digest(&format!("k{i}")), key(i));
         }
         assert!(cache.entries.lock().unwrap().len() <= 3);
         let off = KeyCache::new(Duration::ZERO, 3);
-        off.put("a".into(), key(1));
-        assert!(off.get("a").is_none());
+        off.put(digest("a"), key(1));
+        assert!(off.get(&digest("a")).is_none());
     }
 }

@@ -237,11 +237,11 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
 /// Unknown, revoked and expired keys are all 401; a use is noted for `last_used_at`.
 /// Live keys are served from the key cache for up to its TTL.
 async fn verify_key(state: &AppState, token: &str) -> Result<Principal, AppError> {
-    let hash = ApiKeySecret::hash_presented(token);
-    let key = match state.key_cache.get(&hash) {
+    let digest = ApiKeySecret::digest_presented(token);
+    let key = match state.key_cache.get(&digest) {
         Some(cached) => cached,
         None => {
-            let key = store::api_keys::find_by_hash(&state.db, &hash)
+            let key = store::api_keys::find_by_hash(&state.db, &digest.to_hex())
                 .await?
                 .ok_or_else(|| AppError::InvalidToken("the API key is unknown".into()))?;
             if key.revoked_at.is_some() {
@@ -258,7 +258,7 @@ async fn verify_key(state: &AppState, token: &str) -> Result<Principal, AppError
                 principal: principal.clone(),
                 expires_at: key.expires_at,
             };
-            state.key_cache.put(hash, cached());
+            state.key_cache.put(digest, cached());
             cached()
         }
     };

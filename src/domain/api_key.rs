@@ -187,9 +187,15 @@ impl ApiKeySecret {
         Self::hash_presented(&self.plaintext)
     }
 
-    /// The hash a presented bearer token is looked up by.
+    /// The hash a presented bearer token is looked up by, as stored: hex.
     pub fn hash_presented(token: &str) -> String {
-        hex(&Sha256::digest(token.as_bytes()))
+        Self::digest_presented(token).to_hex()
+    }
+
+    /// The same hash as bytes: what the key cache is keyed by, saving the hex encoding on the
+    /// requests it answers.
+    pub fn digest_presented(token: &str) -> KeyDigest {
+        KeyDigest(Sha256::digest(token.as_bytes()).into())
     }
 
     /// Whether a bearer token has the shape of one of our keys (as opposed to, say, a JWT).
@@ -206,6 +212,17 @@ impl fmt::Debug for ApiKeySecret {
     // Keeps the secret out of any `{:?}` that reaches a log.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKeySecret({}…)", self.display_prefix())
+    }
+}
+
+/// The SHA-256 of an API key's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest(pub [u8; 32]);
+
+impl KeyDigest {
+    /// The form the database stores.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
     }
 }
 
