@@ -198,123 +198,51 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         // `fmt` machinery for each.
         let span = tracing::info_span!("request", request_id = request_id.as_str());
 
-        let mut response = async {
-            if headers_too_large(request.headers()) {
-                let problem = Problem::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "headers-too-large",
-                    format!(
-                        "send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"
-                    ),
-                );
-                return Problem {
-                    request_id: Some(request_id.clone()),
-                    ..problem
-                }
-                .into_response();
+        // Everything below runs in the request's span, the access-log line included, so
+        // the span is entered per poll and never cloned.
+        async move {
+            let mut response = self
+                .answer(request, &request_id, &path, authenticated, ip, &slot)
+                .await;
+
+            let method_not_allowed = response.status() == StatusCode::METHOD_NOT_ALLOWED;
+            let headers = response.headers_mut();
+            if let Ok(value) = HeaderValue::from_str(&request_id) {
+                headers.insert(REQUEST_ID, value);
             }
-            // Without credentials the caller is known only by address; with them, the security
-            // scheme counts the request against the principal (or, if they are bad, the
-            // address).
-            if !authenticated
-                && !exempt_from_limits(&path)
-                && let (Some(limiter), Some(ip)) = (&state.limiter, ip)
-                && let Some(decision) = limiter.check(&Bucket::Ip(ip)).await
+            if method_not_allowed
+                && let Some(methods) = self.allow.allowed(&path)
+                && let Ok(value) = HeaderValue::from_str(methods)
             {
-                slot.set(decision);
-                if !decision.allowed {
-                    let retry_after = decision.reset.max(1);
-                    return app_error_response(AppError::RateLimited { retry_after }, &request_id);
+                headers.insert(header::ALLOW, value);
+            }
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
+                // Responses to credentialed requests are for that caller only: no shared caches.
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            if let Some(decision) = slot.get() {
+                for (name, value) in [
+                    ("ratelimit-limit", decision.limit),
+                    ("ratelimit-remaining", decision.remaining),
+                    ("ratelimit-reset", decision.reset),
+                ] {
+                    headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
                 }
             }
-            // Boxed: the rest of the middleware chain is a future of several KiB, and held
-            // inline it made this one as large, copied whole each time poem's layers above
-            // moved it (three copies of 8–11 KiB a request). Measured with callgrind: 146k →
-            // 119k instructions per GET by id, 89k → 64k per `/health/live`.
-            let inner = Box::pin(AssertUnwindSafe(self.inner.call(request)).catch_unwind());
-            match tokio::time::timeout(state.policy.request_timeout, inner).await {
-                Ok(Ok(Ok(output))) => {
-                    let response = output.into_response();
-                    match plain_error_problem(&response) {
-                        Some(problem) => Problem {
-                            request_id: Some(request_id.clone()),
-                            ..problem
-                        }
-                        .into_response(),
-                        None => response,
-                    }
-                }
-                Ok(Ok(Err(err))) => error_response(err, &request_id),
-                // The panic hook has printed the message; the client gets a plain 500.
-                Ok(Err(_panic)) => {
-                    tracing::error!("request failed: a handler panicked");
-                    Problem {
-                        request_id: Some(request_id.clone()),
-                        ..Problem::new(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "internal-error",
-                            INTERNAL_DETAIL,
-                        )
-                    }
-                    .into_response()
-                }
-                Err(_) => {
-                    tracing::error!(
-                        timeout_secs = state.policy.request_timeout.as_secs(),
-                        "request timed out"
-                    );
-                    app_error_response(
-                        AppError::Unavailable(format!(
-                            "the request did not complete within {} s",
-                            state.policy.request_timeout.as_secs()
-                        )),
-                        &request_id,
-                    )
-                }
-            }
-        }
-        .instrument(span.clone())
-        .await;
 
-        let method_not_allowed = response.status() == StatusCode::METHOD_NOT_ALLOWED;
-        let headers = response.headers_mut();
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            headers.insert(REQUEST_ID, value);
-        }
-        if method_not_allowed
-            && let Some(methods) = self.allow.allowed(&path)
-            && let Ok(value) = HeaderValue::from_str(methods)
-        {
-            headers.insert(header::ALLOW, value);
-        }
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
-        if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
-            // Responses to credentialed requests are for that caller only: no shared caches.
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-        if let Some(decision) = slot.get() {
-            for (name, value) in [
-                ("ratelimit-limit", decision.limit),
-                ("ratelimit-remaining", decision.remaining),
-                ("ratelimit-reset", decision.reset),
-            ] {
-                headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
-            }
-        }
-
-        let status = response.status();
-        let operation = response
-            .data::<OperationId>()
-            .map_or_else(|| route_label(&path, status), |op| op.0);
-        let elapsed = started.elapsed();
-        state
-            .metrics
-            .observe(operation, status, elapsed.as_secs_f64());
-        let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-        span.in_scope(|| {
+            let status = response.status();
+            let operation = response
+                .data::<OperationId>()
+                .map_or_else(|| route_label(&path, status), |op| op.0);
+            let elapsed = started.elapsed();
+            state
+                .metrics
+                .observe(operation, status, elapsed.as_secs_f64());
+            let latency_ms = elapsed.as_micros() as f64 / 1000.0;
             tracing::info!(
                 method = method.as_str(),
                 path = path.as_str(),
@@ -323,8 +251,97 @@ impl<E: Endpoint> Endpoint for Edge<E> {
                 operation,
                 "request"
             );
-        });
-        Ok(response)
+            Ok(response)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl<E: Endpoint> Edge<E> {
+    /// The response to a request, errors and panics rendered as problems: refused at the edge
+    /// (headers too large, rate limit), or from the routes under it, within the time limit.
+    async fn answer(
+        &self,
+        request: Request,
+        request_id: &str,
+        path: &str,
+        authenticated: bool,
+        ip: Option<IpAddr>,
+        slot: &RateLimitSlot,
+    ) -> Response {
+        let state = &self.state;
+        if headers_too_large(request.headers()) {
+            let problem = Problem::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                format!("send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"),
+            );
+            return Problem {
+                request_id: Some(request_id.to_owned()),
+                ..problem
+            }
+            .into_response();
+        }
+        // Without credentials the caller is known only by address; with them, the security
+        // scheme counts the request against the principal (or, if they are bad, the
+        // address).
+        if !authenticated
+            && !exempt_from_limits(path)
+            && let (Some(limiter), Some(ip)) = (&state.limiter, ip)
+            && let Some(decision) = limiter.check(&Bucket::Ip(ip)).await
+        {
+            slot.set(decision);
+            if !decision.allowed {
+                let retry_after = decision.reset.max(1);
+                return app_error_response(AppError::RateLimited { retry_after }, request_id);
+            }
+        }
+        // Boxed: the rest of the middleware chain is a future of several KiB, and held
+        // inline it made this one as large, copied whole each time poem's layers above
+        // moved it (three copies of 8–11 KiB a request). Measured with callgrind: 146k →
+        // 119k instructions per GET by id, 89k → 64k per `/health/live`.
+        let inner = Box::pin(AssertUnwindSafe(self.inner.call(request)).catch_unwind());
+        match tokio::time::timeout(state.policy.request_timeout, inner).await {
+            Ok(Ok(Ok(output))) => {
+                let response = output.into_response();
+                match plain_error_problem(&response) {
+                    Some(problem) => Problem {
+                        request_id: Some(request_id.to_owned()),
+                        ..problem
+                    }
+                    .into_response(),
+                    None => response,
+                }
+            }
+            Ok(Ok(Err(err))) => error_response(err, request_id),
+            // The panic hook has printed the message; the client gets a plain 500.
+            Ok(Err(_panic)) => {
+                tracing::error!("request failed: a handler panicked");
+                Problem {
+                    request_id: Some(request_id.to_owned()),
+                    ..Problem::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal-error",
+                        INTERNAL_DETAIL,
+                    )
+                }
+                .into_response()
+            }
+            Err(_) => {
+                tracing::error!(
+                    timeout_secs = state.policy.request_timeout.as_secs(),
+                    "request timed out"
+                );
+                app_error_response(
+                    AppError::Unavailable(format!(
+                        "the request did not complete within {} s",
+                        state.policy.request_timeout.as_secs()
+                    )),
+                    request_id,
+                )
+            }
+        }
     }
 }
 
