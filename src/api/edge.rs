@@ -1,6 +1,6 @@
 //! What every request passes through on its way in and out: a request id, limits (headers,
 //! rate, time), security headers, one log line and one metrics observation, and the rendering
-//! of every error, the framework's own included, as a problem.
+//! of every error and caught panic, the framework's own included, as a problem.
 
 use std::{
     net::IpAddr,
@@ -27,8 +27,7 @@ use crate::{
 
 pub const REQUEST_ID: &str = "x-request-id";
 
-/// What the edge learns of a request, attached once for whatever needs it (one extension
-/// rather than three: each is a map insert and an allocation).
+/// What the edge learns of a request, attached once for whatever needs it.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The id the request is known by.
