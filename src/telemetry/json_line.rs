@@ -8,8 +8,8 @@
 //! every access-log line (callgrind), a fifth of a GET by id. Here the span's text is copied as
 //! it is, fields are escaped as they are formatted, by table, and the timestamp is written digit
 //! by digit: about 6k a line. The request span's fields are kept by [`SpanFields`] in the same
-//! text `JsonFields` keeps, for about 1.8k instructions a span instead of 3.9k. A test checks the lines,
-//! byte for byte, against tracing-subscriber's own.
+//! text `JsonFields` keeps, for about 1.8k instructions a span instead of 3.9k. A test checks
+//! the lines, byte for byte, against tracing-subscriber's own.
 
 use std::{
     borrow::Cow,
