@@ -102,7 +102,11 @@ fn through_seconds(at: &DateTime<Utc>) -> Option<(Rfc3339, u32)> {
 /// `YYYY-MM-DDTHH:MM:SS`, optional fractional seconds of 1 to 9 digits, then `+00:00` or `Z`;
 /// `None` for anything else, valid RFC 3339 included (chrono parses those).
 pub fn parse(text: &str) -> Option<DateTime<Utc>> {
-    let bytes = text.as_bytes();
+    parse_bytes(text.as_bytes())
+}
+
+/// [`parse`] of text as SQLite hands it over: the form is ASCII, so it needs no UTF-8 check.
+pub fn parse_bytes(bytes: &[u8]) -> Option<DateTime<Utc>> {
     let number = |from: usize, count: usize| -> Option<u32> {
         let field = bytes.get(from..from + count)?;
         field.iter().try_fold(0u32, |value, &byte| {

@@ -26,7 +26,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rusqlite::{
     Connection, ErrorCode, OpenFlags, Row,
     config::DbConfig,
-    types::{Type, Value as SqliteValue},
+    types::{Type, Value as SqliteValue, ValueRef},
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, sea_query::Value};
 
@@ -233,7 +233,14 @@ fn bind(value: &Value) -> Option<SqliteValue> {
 /// A stored timestamp, read as sqlx reads it: RFC 3339, or SQLite's own `YYYY-MM-DD HH:MM:SS`
 /// forms (taken as UTC when they carry no offset).
 pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
-    let text = row.get_ref(column)?.as_str()?;
+    let value = row.get_ref(column)?;
+    // The stored form straight from SQLite's bytes; anything else is checked as UTF-8 first.
+    if let ValueRef::Text(bytes) = value
+        && let Some(at) = crate::timestamp::parse_bytes(bytes)
+    {
+        return Ok(at);
+    }
+    let text = value.as_str()?;
     parse_timestamp(text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             column,
