@@ -241,7 +241,7 @@ pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
         return Ok(at);
     }
     let text = value.as_str()?;
-    parse_timestamp(text).ok_or_else(|| {
+    parse_other_forms(text).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             column,
             Type::Text,
@@ -250,11 +250,8 @@ pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
     })
 }
 
-fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
-    // The form sqlx writes, read without chrono's general parser.
-    if let Some(at) = crate::timestamp::parse(text) {
-        return Some(at);
-    }
+/// The forms other than the one sqlx writes (which [`timestamp`] has already tried), by chrono.
+fn parse_other_forms(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Some(at.to_utc());
     }
@@ -270,6 +267,11 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 mod tests {
     use super::*;
 
+    /// `text` as a column value, read back through [`timestamp`].
+    fn read_timestamp(text: &str) -> rusqlite::Result<DateTime<Utc>> {
+        Connection::open_in_memory()?.query_row("SELECT ?1", [text], |row| timestamp(row, 0))
+    }
+
     #[test]
     fn timestamps_parse_in_every_form_sqlx_writes_or_sqlite_makes() {
         let at = DateTime::parse_from_rfc3339("2026-11-24T09:30:00.123456Z")
@@ -282,9 +284,9 @@ mod tests {
             "2026-11-24 09:30:00.123456+00:00",
             "2026-11-24 09:30:00.123456",
         ] {
-            assert_eq!(parse_timestamp(text), Some(at), "{text}");
+            assert_eq!(read_timestamp(text).ok(), Some(at), "{text}");
         }
-        assert_eq!(parse_timestamp("yesterday"), None);
+        assert!(read_timestamp("yesterday").is_err());
     }
 
     #[test]
