@@ -3,6 +3,7 @@
 pub mod api_keys;
 pub mod conditional;
 pub mod edge;
+pub mod encode;
 pub mod operations;
 pub mod payload;
 pub mod problem;

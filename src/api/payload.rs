@@ -11,6 +11,8 @@ use poem_openapi::{
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::encode::EncodeJson;
+
 use crate::{
     error::{AppError, FieldError},
     startup::AppState,
@@ -125,18 +127,18 @@ fn canonical_json(value: &Value) -> String {
 }
 
 /// A JSON response body as text, documented with the schema of `T`: encoded straight from `T`
-/// by serde, or recorded earlier and replayed byte for byte (an idempotent retry).
+/// (see `encode`), or recorded earlier and replayed byte for byte (an idempotent retry).
 ///
 /// poem-openapi's `Json` builds a `serde_json::Value` tree first (an ordered, hashed map per
 /// object) and then encodes that; for a page of users the tree cost more than the query
-/// (measured: a third of the CPU of a 50-user page). Types sent this way derive `Serialize` to
-/// write exactly what their `ToJSON` writes, which their tests check.
+/// (measured: a third of the CPU of a 50-user page). Types sent this way write exactly what
+/// their `ToJSON` writes, which their tests check.
 pub struct JsonText<T> {
     body: String,
     _schema: std::marker::PhantomData<T>,
 }
 
-impl<T: serde::Serialize> JsonText<T> {
+impl<T: EncodeJson> JsonText<T> {
     pub fn new(value: &T) -> Self {
         Self::sized(value, 512)
     }
@@ -145,9 +147,8 @@ impl<T: serde::Serialize> JsonText<T> {
     /// its buffer doubles.
     pub fn sized(value: &T, bytes: usize) -> Self {
         let mut body = Vec::with_capacity(bytes);
-        serde_json::to_writer(&mut body, value)
-            .expect("a value whose keys are strings always encodes as JSON");
-        Self::replay(String::from_utf8(body).expect("serde_json writes UTF-8"))
+        value.encode(&mut body);
+        Self::replay(String::from_utf8(body).expect("encoded from valid UTF-8 pieces"))
     }
 }
 

@@ -8,12 +8,12 @@ use poem_openapi::{
     param::{Header, Path, Query},
     types::{Email, Example, MaybeUndefined},
 };
-use serde::Serialize;
 use serde_json::Value;
 
 use super::{
     API_PREFIX, ApiTags,
     conditional::{etag, expected_version, none_match},
+    encode::{self, Decimal, EncodeJson},
     payload::{BodySchema, JsonBody, JsonText},
     problem::{ApiResult, CreateErrors, DeleteErrors, ListErrors, OneErrors, WriteOneErrors},
 };
@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// A user.
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object)]
 #[oai(example)]
 pub struct User {
     /// Server-assigned identifier; ignored if sent in a request.
@@ -38,15 +38,12 @@ pub struct User {
     pub role: String,
     /// Email address, unique across users regardless of letter case; `null` when unset.
     #[oai(nullable)]
-    #[serde(serialize_with = "encode::email")]
     pub email: Option<Email>,
     /// When the user was created (RFC 3339, UTC).
     #[oai(read_only)]
-    #[serde(serialize_with = "encode::timestamp")]
     pub created_at: DateTime<Utc>,
     /// When the user was last changed (RFC 3339, UTC).
     #[oai(read_only)]
-    #[serde(serialize_with = "encode::timestamp")]
     pub updated_at: DateTime<Utc>,
     /// Who created the user: `api-key:<id>` or `oauth:<subject>`.
     #[oai(read_only, nullable)]
@@ -89,25 +86,25 @@ impl From<Model> for User {
     }
 }
 
-/// Serde encodings that write what poem-openapi's `ToJSON` writes, for [`JsonText`].
-mod encode {
-    use chrono::{DateTime, Utc};
-    use poem_openapi::types::Email;
-    use serde::Serializer;
-
-    /// `to_rfc3339` (`+00:00`), as `ToJSON` writes it; chrono's own serde form ends in `Z`.
-    pub fn timestamp<S: Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
-        match crate::timestamp::write(at) {
-            Some(text) => out.serialize_str(text.as_str()),
-            None => out.serialize_str(&at.to_rfc3339()),
-        }
-    }
-
-    pub fn email<S: Serializer>(email: &Option<Email>, out: S) -> Result<S::Ok, S::Error> {
-        match email {
-            Some(email) => out.serialize_some(&email.0),
-            None => out.serialize_none(),
-        }
+impl EncodeJson for User {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(Decimal::new(self.id).as_bytes());
+        out.extend_from_slice(b",\"name\":");
+        encode::string(out, &self.name);
+        out.extend_from_slice(b",\"role\":");
+        encode::string(out, &self.role);
+        out.extend_from_slice(b",\"email\":");
+        encode::optional_string(out, self.email.as_ref().map(|email| email.as_str()));
+        out.extend_from_slice(b",\"created_at\":");
+        encode::timestamp(out, &self.created_at);
+        out.extend_from_slice(b",\"updated_at\":");
+        encode::timestamp(out, &self.updated_at);
+        out.extend_from_slice(b",\"created_by\":");
+        encode::optional_string(out, self.created_by.as_deref());
+        out.extend_from_slice(b",\"updated_by\":");
+        encode::optional_string(out, self.updated_by.as_deref());
+        out.push(b'}');
     }
 }
 
@@ -200,7 +197,7 @@ impl BodySchema for UserPatch {
 }
 
 /// One page of users.
-#[derive(Debug, Clone, Object, Serialize)]
+#[derive(Debug, Clone, Object)]
 pub struct UserPage {
     /// The users on this page, at most `limit` of them, in the requested order.
     pub items: Vec<User>,
@@ -208,6 +205,21 @@ pub struct UserPage {
     /// last page. Also sent as a `Link: <…>; rel="next"` header.
     #[oai(nullable)]
     pub next_cursor: Option<String>,
+}
+
+impl EncodeJson for UserPage {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"items\":[");
+        for (index, user) in self.items.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            user.encode(out);
+        }
+        out.extend_from_slice(b"],\"next_cursor\":");
+        encode::optional_string(out, self.next_cursor.as_deref());
+        out.push(b'}');
+    }
 }
 
 /// The order of a listing: a field, descending with a leading `-`. Ties are broken by id.
@@ -570,9 +582,16 @@ mod tests {
 
     use super::*;
 
-    /// `JsonText` sends users encoded by serde; clients and the spec know `ToJSON`'s bytes.
+    fn encoded(value: &impl EncodeJson) -> String {
+        let mut out = Vec::new();
+        value.encode(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    /// `JsonText` sends users as `EncodeJson` writes them; clients and the spec know `ToJSON`'s
+    /// bytes.
     #[test]
-    fn serde_writes_users_exactly_as_to_json_does() {
+    fn users_are_encoded_exactly_as_to_json_encodes_them() {
         let full = User::example();
         let at = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.000006+00:00")
             .unwrap()
@@ -580,27 +599,43 @@ mod tests {
         let sparse = User {
             id: i64::MAX,
             name: "Zoë \"Q\" \u{1F600}\n".into(),
+            role: "back\\slash \u{7f}\u{2028}".into(),
             email: None,
             created_at: at,
             updated_at: Utc::now(),
             created_by: None,
             updated_by: None,
+        };
+        // Past year 9999 the timestamp is written by chrono.
+        let far = chrono::NaiveDate::from_ymd_opt(10_000, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        let odd = User {
+            id: -1,
+            created_at: far,
+            created_by: Some("\u{0}\t\u{1f}".into()),
             ..full.clone()
         };
-        for user in [&full, &sparse] {
-            assert_eq!(serde_json::to_string(user).unwrap(), user.to_json_string());
+        for user in [&full, &sparse, &odd] {
+            assert_eq!(encoded(user), user.to_json_string());
         }
         for page in [
             UserPage {
-                items: vec![full.clone(), sparse.clone()],
+                items: vec![full.clone(), sparse.clone(), odd.clone()],
                 next_cursor: Some("abc_-1".into()),
+            },
+            UserPage {
+                items: vec![full.clone()],
+                next_cursor: None,
             },
             UserPage {
                 items: Vec::new(),
                 next_cursor: None,
             },
         ] {
-            assert_eq!(serde_json::to_string(&page).unwrap(), page.to_json_string());
+            assert_eq!(encoded(&page), page.to_json_string());
         }
     }
 }
