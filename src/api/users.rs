@@ -22,7 +22,7 @@ use crate::{
     domain::{ListQuery, NewUser, Scope, Sort, SortField, UserChanges, UserFilter},
     error::{AppError, FieldError},
     startup::AppState,
-    store::{self, group_commit::Once, idempotency},
+    store::{self, group_commit::Once, idempotency, users::ListedUser},
 };
 
 /// A user.
@@ -67,6 +67,21 @@ impl Example for User {
             updated_at: at,
             created_by: Some("api-key:1".into()),
             updated_by: Some("oauth:auth0|5f7c8ec7c33c6c004bbafe82".into()),
+        }
+    }
+}
+
+impl From<ListedUser> for User {
+    fn from(user: ListedUser) -> Self {
+        User {
+            id: user.id,
+            name: user.name,
+            role: user.role,
+            email: user.email.map(Email),
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+            created_by: user.created_by,
+            updated_by: user.updated_by,
         }
     }
 }

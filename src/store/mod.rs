@@ -17,7 +17,8 @@ use migration::{Migrator, MigratorTrait};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, PrimaryKeyTrait, QueryTrait, Select, Statement, TransactionTrait,
+    FromQueryResult, PrimaryKeyTrait, QueryTrait, SelectModel, Selector, Statement,
+    TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -96,21 +97,21 @@ impl Reads {
     }
 
     /// The rows `select` finds; `from_row` reads one from SQLite when it runs inline.
-    pub async fn all<E>(
+    pub async fn all<T>(
         &self,
-        select: Select<E>,
-        from_row: fn(&rusqlite::Row) -> rusqlite::Result<E::Model>,
-    ) -> Result<Vec<E::Model>, DbErr>
+        select: Selector<SelectModel<T>>,
+        from_row: fn(&rusqlite::Row) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, DbErr>
     where
-        E: EntityTrait,
-        E::Model: FromQueryResult + Send + Sync,
+        T: FromQueryResult + Send + Sync,
     {
+        let statement = select.into_statement(self.pool.get_database_backend());
         if let Some(inline) = &self.inline
-            && let Some(rows) = inline.query(&select.build(DbBackend::Sqlite), from_row)
+            && let Some(rows) = inline.query(&statement, from_row)
         {
             return Ok(rows);
         }
-        select.all(&self.pool).await
+        T::find_by_statement(statement).all(&self.pool).await
     }
 
     /// The row of `E` whose primary key is `id`, if any. The SQL is the same for every id, so

@@ -1,11 +1,12 @@
 use std::sync::OnceLock;
 
+use chrono::{DateTime, Utc};
 use entity::users::{ActiveModel, Column, Entity, Model};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Order, QueryFilter, QueryOrder,
-    QuerySelect, Select, SqlErr,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, Order,
+    QueryFilter, QueryOrder, QuerySelect, Select, SelectModel, Selector, SqlErr,
     sea_query::{Expr, ExprTrait, LikeExpr},
 };
 
@@ -49,8 +50,8 @@ fn like_contains(term: &str) -> LikeExpr {
 
 /// The query for one page, before its limit: filters, the keyset condition that starts after
 /// the cursor, and the order. Every sort is `(key, id)`, matching an index, so a deep page
-/// costs what the first one does. Public so the query plan can be checked.
-pub fn page_query(query: &ListQuery, after: Option<&Cursor>) -> Select<Entity> {
+/// costs what the first one does.
+fn page_query(query: &ListQuery, after: Option<&Cursor>) -> Select<Entity> {
     let filter = &query.filter;
     let mut select = Entity::find();
     if let Some(role) = &filter.role {
@@ -116,20 +117,72 @@ fn past_key(column: Column, value: Expr, past_id: Expr, descending: bool) -> Con
         .add(Condition::any().add(beyond).add(past_id))
 }
 
+/// A user as a listing shows it: the columns a page sends, and `name_search` only when the
+/// listing is sorted by name (the next page's cursor starts from it). A page read all eleven
+/// columns before, into `Model`s: the three no page shows (`email_key`, `version` and, for
+/// other sorts, `name_search`) cost 13% of a 50-user page's instructions (494k against 428k,
+/// callgrind).
+#[derive(Debug, Clone, PartialEq, Eq, FromQueryResult)]
+pub struct ListedUser {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: Option<String>,
+    pub updated_by: Option<String>,
+    /// Selected only when sorting by name; `None` otherwise.
+    pub name_search: Option<String>,
+}
+
+/// The columns of [`ListedUser`], in the order [`listed_from_row`] reads them.
+const LISTED: [Column; 8] = [
+    Column::Id,
+    Column::Name,
+    Column::Role,
+    Column::Email,
+    Column::CreatedAt,
+    Column::UpdatedAt,
+    Column::CreatedBy,
+    Column::UpdatedBy,
+];
+
+/// One page's query, limit and columns included: [`page_query`] reading [`ListedUser`]s.
+/// Public so the query plan can be checked, and the inline and pool paths compared.
+pub fn page_select(
+    query: &ListQuery,
+    after: Option<&Cursor>,
+    limit: u64,
+) -> Selector<SelectModel<ListedUser>> {
+    let mut select = page_query(query, after)
+        .limit(limit)
+        .select_only()
+        .columns(LISTED);
+    if query.sort.field == SortField::Name {
+        select = select.column(Column::NameSearch);
+    }
+    select.into_model()
+}
+
 /// Keyset pagination over any filter and sort.
 pub async fn list(
     reads: &Reads,
     query: &ListQuery,
     after: Option<&Cursor>,
     limit: u64,
-) -> Result<Page<Model>, AppError> {
+) -> Result<Page<ListedUser>, AppError> {
     let rows = reads
-        .all(page_query(query, after).limit(limit + 1), from_row)
+        .all(page_select(query, after, limit + 1), listed_from_row)
         .await?;
-    Ok(Page::from_rows(rows, limit, |last: &Model| {
+    Ok(Page::from_rows(rows, limit, |last: &ListedUser| {
         let key = match query.sort.field {
             SortField::Id => SortKey::Id,
-            SortField::Name => SortKey::Name(last.name_search.clone()),
+            SortField::Name => SortKey::Name(
+                last.name_search
+                    .clone()
+                    .expect("page_select selects name_search for a name sort"),
+            ),
             SortField::CreatedAt => SortKey::CreatedAt(last.created_at),
         };
         Cursor::new(key, last.id, query)
@@ -161,6 +214,25 @@ pub fn from_row(row: &rusqlite::Row) -> rusqlite::Result<Model> {
         updated_by: row.get(at(Column::UpdatedBy))?,
         version: row.get(at(Column::Version))?,
         name_search: row.get(at(Column::NameSearch))?,
+    })
+}
+
+/// A [`ListedUser`] from a row read inline: [`LISTED`]'s columns by position, then
+/// `name_search` if it was selected.
+pub fn listed_from_row(row: &rusqlite::Row) -> rusqlite::Result<ListedUser> {
+    Ok(ListedUser {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        role: row.get(2)?,
+        email: row.get(3)?,
+        created_at: timestamp(row, 4)?,
+        updated_at: timestamp(row, 5)?,
+        created_by: row.get(6)?,
+        updated_by: row.get(7)?,
+        name_search: match row.as_ref().column_count() > LISTED.len() {
+            true => Some(row.get(LISTED.len())?),
+            false => None,
+        },
     })
 }
 

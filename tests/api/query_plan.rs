@@ -2,7 +2,7 @@
 //! index in order, never by sorting the table. Checked with the database's own query planner.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DbBackend, QuerySelect, QueryTrait, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use users_api::{
     domain::{Cursor, ListQuery, Sort, SortField, SortKey, UserFilter},
     store,
@@ -39,9 +39,8 @@ async fn every_sort_walks_an_index_at_any_depth() {
                 sort: Sort::parse(sort).unwrap(),
             };
             for cursor in [None, Some(cursor_for(&query))] {
-                let statement = store::users::page_query(&query, cursor.as_ref())
-                    .limit(51)
-                    .build(backend);
+                let statement =
+                    store::users::page_select(&query, cursor.as_ref(), 51).into_statement(backend);
                 let plan = explain(&db, backend, statement).await;
                 let deep = if cursor.is_some() {
                     "deep page"

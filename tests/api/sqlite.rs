@@ -29,7 +29,7 @@ async fn sqlite_runs_in_wal_mode() {
 /// answers on the pool, for every sort, filter and page; and must really run inline.
 #[tokio::test]
 async fn inline_reads_answer_what_the_pool_answers() {
-    use sea_orm::{DbBackend, EntityTrait, QuerySelect, QueryTrait};
+    use sea_orm::{DbBackend, EntityTrait};
     use users_api::{
         domain::{ListQuery, Sort, UserFilter},
         store::{self, Reads},
@@ -80,17 +80,22 @@ async fn inline_reads_answer_what_the_pool_answers() {
             let (mut after_inline, mut after_pool) = (None, None);
             let mut pages = 0;
             loop {
-                let statement = store::users::page_query(&query, after_inline.as_ref())
-                    .limit(5)
-                    .build(DbBackend::Sqlite);
+                let statement = store::users::page_select(&query, after_inline.as_ref(), 5)
+                    .into_statement(DbBackend::Sqlite);
                 let direct = inline
-                    .query(&statement, store::users::from_row)
+                    .query(&statement, store::users::listed_from_row)
                     .expect("a small page runs inline");
-                let expected = store::users::page_query(&query, after_pool.as_ref())
-                    .limit(5)
+                let expected = store::users::page_select(&query, after_pool.as_ref(), 5)
                     .all(&db)
                     .await
                     .unwrap();
+                // `name_search` is read for a name sort, whose next cursor needs it, only.
+                assert!(
+                    direct
+                        .iter()
+                        .all(|user| user.name_search.is_some() == sort.ends_with("name")),
+                    "sort={sort}"
+                );
                 assert_eq!(
                     direct, expected,
                     "sort={sort} filter={filter:?} page {pages}"
