@@ -17,8 +17,7 @@ use migration::{Migrator, MigratorTrait};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, PrimaryKeyTrait, QueryTrait, SelectModel, Selector, Statement,
-    TransactionTrait,
+    FromQueryResult, PrimaryKeyTrait, QueryTrait, Statement, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -96,16 +95,21 @@ impl Reads {
         self.inline.as_deref()
     }
 
-    /// The rows `select` finds; `from_row` reads one from SQLite when it runs inline.
+    /// The backend the statements given to [`Reads::all`] must be built for.
+    pub fn backend(&self) -> DbBackend {
+        self.pool.get_database_backend()
+    }
+
+    /// The rows `statement` (built for [`Reads::backend`]) finds, as `T`s; `from_row` reads
+    /// one from SQLite when it runs inline.
     pub async fn all<T>(
         &self,
-        select: Selector<SelectModel<T>>,
+        statement: Statement,
         from_row: fn(&rusqlite::Row) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, DbErr>
     where
         T: FromQueryResult + Send + Sync,
     {
-        let statement = select.into_statement(self.pool.get_database_backend());
         if let Some(inline) = &self.inline
             && let Some(rows) = inline.query(&statement, from_row)
         {
