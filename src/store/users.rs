@@ -320,9 +320,10 @@ pub fn listed_from_row(row: &rusqlite::Row) -> rusqlite::Result<ListedUser> {
         updated_at: timestamp(row, 5)?,
         created_by: row.get(6)?,
         updated_by: row.get(7)?,
-        name_search: match row.as_ref().column_count() > LISTED.len() {
-            true => Some(row.get(LISTED.len())?),
-            false => None,
+        name_search: if row.as_ref().column_count() > LISTED.len() {
+            Some(row.get(LISTED.len())?)
+        } else {
+            None
         },
     })
 }
