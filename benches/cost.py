@@ -10,7 +10,8 @@ start-up cancels out, and the count is the same from run to run whatever else th
 doing. `cpu` runs wrk (as benches/bench.py does) against each binary in turn, alternating for
 --rounds rounds, and reports the median of the server's user+system CPU time per request.
 Both seed one fresh database of 1,000 users and use the scenarios /health/live, GET by id and
-the 50-user page.
+the 50-user page; `cpu` also knows `--modes create` (POST /users, as benches/bench.py runs it;
+the users it creates stay, so every build's later rounds find a larger table).
 """
 
 import argparse
@@ -55,6 +56,8 @@ def callgrind_total(binary, db, key, mode, requests, out_dir):
 
 def instructions(args, db, key, tmp):
     for mode in args.modes.split(","):
+        if mode not in PATHS:
+            raise SystemExit(f"instructions: no mode {mode!r} (one of {', '.join(PATHS)})")
         n1, n2 = (200, 600) if mode == "list" else (500, 1500)
         for binary in args.binaries:
             low = callgrind_total(binary, db, key, mode, n1, tmp)
@@ -80,6 +83,8 @@ def cpu(args, db, key):
                         result = bench.wrk(server.addr, "baseline", args, path="/health/live")
                     elif mode == "get":
                         result = bench.wrk(server.addr, "get", args, key, users=1000)
+                    elif mode == "create":
+                        result = bench.wrk(server.addr, "create", args, key)
                     else:
                         result = bench.wrk(server.addr, "list", args, key, path=PATHS["list"](0))
                     used = cpu_seconds(server.proc.pid) - before

@@ -343,7 +343,41 @@ pub(super) async fn insert(
     user: NewUser,
     actor: &str,
 ) -> Result<Model, DbErr> {
+    new_row(user, actor, super::now()).insert(db).await
+}
+
+/// Several users inserted by one statement, in the given order, each with its creator's audit
+/// name: the users as stored, in the same order. The statement fails as a whole, leaving
+/// nothing of itself (a duplicate email among them or with a stored user included); the error
+/// is left for the caller to classify.
+pub(super) async fn insert_many(
+    db: &impl ConnectionTrait,
+    users: &[(NewUser, String)],
+) -> Result<Vec<Model>, DbErr> {
     let now = super::now();
+    let rows = users
+        .iter()
+        .map(|(user, actor)| new_row(user.clone(), actor, now));
+    let mut inserted = Entity::insert_many(rows).exec_with_returning(db).await?;
+    // RETURNING promises no order; the ids ascend in the order the rows were given. Each row
+    // is then checked against its request, so no caller is ever sent another's user.
+    inserted.sort_by_key(|model| model.id);
+    let matches = inserted.len() == users.len()
+        && inserted.iter().zip(users).all(|(model, (user, actor))| {
+            model.name == user.name.as_str()
+                && model.email.as_deref() == user.email.as_ref().map(|e| e.as_str())
+                && model.created_by.as_deref() == Some(actor.as_str())
+        });
+    if !matches {
+        return Err(DbErr::Custom(
+            "a multi-row insert returned rows that do not match its requests".into(),
+        ));
+    }
+    Ok(inserted)
+}
+
+/// The row a new user is stored as.
+fn new_row(user: NewUser, actor: &str, now: DateTime<Utc>) -> ActiveModel {
     ActiveModel {
         name_search: Set(user.name.as_str().to_lowercase()),
         name: Set(user.name.as_str().to_owned()),
@@ -357,8 +391,6 @@ pub(super) async fn insert(
         version: Set(1),
         ..Default::default()
     }
-    .insert(db)
-    .await
 }
 
 /// Applies `changes` in one statement that also bumps the version. With `expected_version`
