@@ -262,9 +262,9 @@ async fn write_all(
 /// index, SQLite has undone the statement alone, not the transaction; the creates are then
 /// written one by one, as they would have been without it, so a duplicate fails alone.
 ///
-/// Each pool connection caches a prepared statement per row count (2 to 64), which took the
-/// POST benchmark's peak memory 4.5 MiB higher. Splitting runs into a few fixed sizes kept
-/// that to 1–1.5 MiB but cost 8–14% more CPU per create (two variants, 5 alternating rounds
+/// Each pool connection caches a prepared statement per row count (2 to 64): in 10 s of POST
+/// load, peak memory went from about 47 to 52 MiB. Splitting runs into a few fixed sizes kept
+/// it to 48.6–50 MiB but cost 8–14% more CPU per create (two variants, 5 alternating rounds
 /// each), so runs go in whole.
 async fn create_all(
     txn: &DatabaseTransaction,
