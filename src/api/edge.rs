@@ -125,15 +125,20 @@ pub fn error_response(err: poem::Error, request_id: &str) -> Response {
     if problem.status >= 500 {
         tracing::error!(error = %err, "request failed");
     }
-    let mut response = Problem {
-        request_id: Some(request_id.to_owned()),
-        ..problem
-    }
-    .into_response();
+    let mut response = problem_response(problem, request_id);
     if let Some(operation) = operation {
         response.set_data(operation);
     }
     response
+}
+
+/// `problem` as the response to the request `request_id`, which it names.
+fn problem_response(problem: Problem, request_id: &str) -> Response {
+    Problem {
+        request_id: Some(request_id.to_owned()),
+        ..problem
+    }
+    .into_response()
 }
 
 fn app_error_response(err: AppError, request_id: &str) -> Response {
@@ -276,11 +281,7 @@ impl<E: Endpoint> Edge<E> {
                 "headers-too-large",
                 format!("send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"),
             );
-            return Problem {
-                request_id: Some(request_id.to_owned()),
-                ..problem
-            }
-            .into_response();
+            return problem_response(problem, request_id);
         }
         // Without credentials the caller is known only by address; with them, the security
         // scheme counts the request against the principal (or, if they are bad, the
@@ -305,11 +306,7 @@ impl<E: Endpoint> Edge<E> {
             Ok(Ok(Ok(output))) => {
                 let response = output.into_response();
                 match plain_error_problem(&response) {
-                    Some(problem) => Problem {
-                        request_id: Some(request_id.to_owned()),
-                        ..problem
-                    }
-                    .into_response(),
+                    Some(problem) => problem_response(problem, request_id),
                     None => response,
                 }
             }
@@ -317,15 +314,12 @@ impl<E: Endpoint> Edge<E> {
             // The panic hook has printed the message; the client gets a plain 500.
             Ok(Err(_panic)) => {
                 tracing::error!("request failed: a handler panicked");
-                Problem {
-                    request_id: Some(request_id.to_owned()),
-                    ..Problem::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal-error",
-                        INTERNAL_DETAIL,
-                    )
-                }
-                .into_response()
+                let problem = Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal-error",
+                    INTERNAL_DETAIL,
+                );
+                problem_response(problem, request_id)
             }
             Err(_) => {
                 tracing::error!(
