@@ -110,7 +110,10 @@ def server(db_path, extra=(), wrapper=()):
 
 
 def wrk(addr, mode, args, key="", path="/", users=1000):
-    env = dict(os.environ, BENCH_MODE=mode, BENCH_KEY=key, BENCH_PATH=path, BENCH_USERS=str(users))
+    # BENCH_RUN tells runs apart: wrk's random numbers repeat from run to run, and idempotency
+    # keys made from them alone would replay an earlier run's creates on the same database.
+    env = dict(os.environ, BENCH_MODE=mode, BENCH_KEY=key, BENCH_PATH=path, BENCH_USERS=str(users),
+               BENCH_RUN=str(time.time_ns()))
     # Quiet logging: the benchmark measures the service, not the terminal.
     out = run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), f"http://{addr}"],

@@ -10,8 +10,9 @@ start-up cancels out, and the count is the same from run to run whatever else th
 doing. `cpu` runs wrk (as benches/bench.py does) against each binary in turn, alternating for
 --rounds rounds, and reports the median of the server's user+system CPU time per request.
 Both seed one fresh database of 1,000 users and use the scenarios /health/live, GET by id and
-the 50-user page; `cpu` also knows `--modes create` (POST /users, as benches/bench.py runs it;
-the users it creates stay, so every build's later rounds find a larger table).
+the 50-user page; `cpu` also knows `--modes create` and `create_idempotent` (POST /users,
+without and with an Idempotency-Key, as benches/bench.py runs them; the users they create stay,
+so every build's later rounds find a larger table).
 """
 
 import argparse
@@ -83,8 +84,8 @@ def cpu(args, db, key):
                         result = bench.wrk(server.addr, "baseline", args, path="/health/live")
                     elif mode == "get":
                         result = bench.wrk(server.addr, "get", args, key, users=1000)
-                    elif mode == "create":
-                        result = bench.wrk(server.addr, "create", args, key)
+                    elif mode in ("create", "create_idempotent"):
+                        result = bench.wrk(server.addr, mode, args, key)
                     else:
                         result = bench.wrk(server.addr, "list", args, key, path=PATHS["list"](0))
                     used = cpu_seconds(server.proc.pid) - before

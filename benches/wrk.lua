@@ -1,10 +1,11 @@
 -- wrk script for benches/bench.py. The request shape comes from the environment:
 -- BENCH_MODE (baseline | get | list | create | create_idempotent | patch | mix), BENCH_KEY,
--- BENCH_USERS, BENCH_PATH.
+-- BENCH_USERS, BENCH_PATH, BENCH_RUN (unique per run).
 local mode = os.getenv("BENCH_MODE") or "baseline"
 local key = os.getenv("BENCH_KEY")
 local users = tonumber(os.getenv("BENCH_USERS") or "1000")
 local path = os.getenv("BENCH_PATH") or "/"
+local run = os.getenv("BENCH_RUN") or "0"
 local created = 0
 
 local headers = {}
@@ -37,7 +38,7 @@ request = function()
       return wrk.format("POST", "/api/v1/users", json_headers, body)
     end
     -- A fresh key per request, as a client that retries safely sends one per logical create.
-    idempotent_headers["Idempotency-Key"] = "bench-" .. tag:gsub(" ", "-")
+    idempotent_headers["Idempotency-Key"] = "bench-" .. run .. "-" .. tag:gsub(" ", "-")
     return wrk.format("POST", "/api/v1/users", idempotent_headers, body)
   elseif mode == "patch" then
     return patch_user()

@@ -96,7 +96,8 @@ pub struct DbArgs {
     /// Log format: `pretty` for people, `json` for log collectors.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
-    /// Most connections this process keeps open to the database.
+    /// Most connections this process keeps open to the database (on SQLite, plus the one user
+    /// writes go through).
     #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
     pub db_max_connections: u32,
     /// How long a request waits for a free (or new) connection before it gets a 503, in seconds.
@@ -119,6 +120,11 @@ pub struct DbArgs {
     /// process (kill -9); `full` also through power loss, at a cost in write throughput.
     #[arg(long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_synchronous: SqliteSync,
+    /// How much the SQLite write-ahead log may hold, in MiB, before the writer copies it all
+    /// back and starts it over (holding writes up for a few ms); its file is then cut back to
+    /// this size. Without it, steady writes would grow the log without end.
+    #[arg(long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub sqlite_wal_limit_mib: u32,
     /// At start, how long to keep retrying a database that is not up yet, in seconds.
     #[arg(
         long,

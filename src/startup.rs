@@ -322,7 +322,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     let shutdown = shutdown_signal()?;
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
 
-    let state = app_state(&db, args, oauth).await?;
+    let state = app_state(&db, db_args, args, oauth).await?;
     let key_usage = state.key_usage.clone();
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
@@ -341,6 +341,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
 /// (key-usage flushes, rate-limit syncs, idempotency purges, WAL checkpoints).
 pub(crate) async fn app_state(
     db: &DatabaseConnection,
+    db_args: &DbArgs,
     args: &ServeArgs,
     oauth: Option<Arc<OAuthVerifier>>,
 ) -> Result<AppState, AppError> {
@@ -361,14 +362,13 @@ pub(crate) async fn app_state(
         limiter
     });
     spawn_idempotency_purge(db.clone());
-    store::spawn_wal_checkpoints(db);
     Ok(AppState {
         db: db.clone(),
         reads: store::Reads::new(db).await?,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage,
-        writes: Writes::start(db),
+        writes: Writes::start(db, db_args).await?,
         key_cache: Arc::new(KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,

@@ -425,7 +425,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("edge.db").display());
         let cli = Cli::parse_from(["users-api", "--database-url", &url]);
         let (db, ()) = open_database(&cli.db, async |_| Ok(())).await.unwrap();
-        let state = app_state(&db, &cli.serve, None).await.unwrap();
+        let state = app_state(&db, &cli.db, &cli.serve, None).await.unwrap();
         let inner = make_sync(|request: Request| {
             if request.uri().path() == "/boom" {
                 panic!("secret internals");

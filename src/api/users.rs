@@ -460,14 +460,14 @@ impl UsersApi {
             key,
             request_hash: body.fingerprint,
             ttl: state.policy.idempotency_ttl,
-            record: Box::new(|model| idempotency::Recorded {
+            record: |model| idempotency::Recorded {
                 status: 201,
                 body: JsonText::new(&User::from(model.clone()))
                     .as_str()
                     .to_owned(),
                 location: Some(user_location(model.id)),
                 etag: Some(etag(model)),
-            }),
+            },
         };
         let outcome = state.writes.create_once(body.value, actor, once).await?;
         match outcome {

@@ -4,8 +4,8 @@
 //! cost is its own commit; and writers left to contend in SQLite's busy handler sleep 1, 2, 5,
 //! 10… ms between tries (write p99 was above 100 ms that way). Here every user write of this
 //! process goes to one task, which takes whatever queued while its previous batch committed and
-//! writes it together, in arrival order: one transaction, one commit, and consecutive plain
-//! creates in one multi-row INSERT (see `create_all`). No caller hears of its write before that
+//! writes it together, in arrival order, through a connection of its own: one transaction, one
+//! commit, and consecutive creates in one multi-row INSERT (see `create_all`). No caller hears of its write before that
 //! commit has returned, so an acknowledged write is exactly as durable as one committed alone.
 //!
 //! Each write in a batch sees those before it, as it would have run after them alone: of
@@ -13,10 +13,10 @@
 //! find a newer version (412). A duplicate email fails only its own statement: SQLite's default
 //! conflict action aborts the statement, not the transaction, so the rest of the batch still
 //! commits. Any other error rolls the whole batch back and every caller in it gets that error;
-//! none was acknowledged. An idempotent create runs in a savepoint of the batch's transaction,
-//! so a create that fails takes its idempotency record with it, and a key that an earlier
-//! create (in this batch or before) holds replays that create's response. PostgreSQL has no
-//! single writer to queue behind; there writes go straight to the pool.
+//! none was acknowledged. An idempotent create's record is written with its user, in the same
+//! statement-or-savepoint scope, so a create that fails keeps no record, and a key that an
+//! earlier create (in this batch or before) holds replays that create's response. PostgreSQL
+//! has no single writer to queue behind; there writes go straight to the pool.
 
 use entity::users::Model;
 use sea_orm::{
@@ -25,10 +25,12 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
+    WalLimit,
     idempotency::{self, Claim, Outcome, Recorded},
     users,
 };
 use crate::{
+    config::DbArgs,
     domain::{NewUser, UserChanges},
     error::{AppError, is_transient},
 };
@@ -38,17 +40,29 @@ use crate::{
 const MAX_BATCH: usize = 64;
 
 /// What makes a create idempotent: the caller's key, the fingerprint of its body, how long
-/// the key is kept, and how to record the response a retry replays.
+/// the key is kept, and how to record the response a retry replays. `record` is a plain
+/// function so that a create can still be written alone after its run's insert failed.
 pub struct Once {
     pub key: String,
     pub request_hash: String,
     pub ttl: chrono::Duration,
-    pub record: Box<dyn FnOnce(&Model) -> Recorded + Send>,
+    pub record: fn(&Model) -> Recorded,
+}
+
+impl Once {
+    fn claim<'a>(&'a self, actor: &'a str) -> Claim<'a> {
+        Claim {
+            principal: actor,
+            key: &self.key,
+            request_hash: &self.request_hash,
+            ttl: self.ttl,
+        }
+    }
 }
 
 enum Change {
-    Create(NewUser),
-    CreateOnce(NewUser, Once),
+    /// Idempotent when it comes with a [`Once`].
+    Create(NewUser, Option<Once>),
     Update {
         id: i64,
         changes: UserChanges,
@@ -74,23 +88,28 @@ pub struct Writes {
 }
 
 impl Writes {
-    /// On SQLite, starts the task that commits batches.
-    pub fn start(db: &DatabaseConnection) -> Self {
-        let batches = (db.get_database_backend() == DbBackend::Sqlite).then(|| {
+    /// On SQLite, opens the writer's own connection and starts the task that commits batches
+    /// through it and keeps the WAL within its limit between them.
+    pub async fn start(db: &DatabaseConnection, settings: &DbArgs) -> Result<Self, DbErr> {
+        let batches = if db.get_database_backend() == DbBackend::Sqlite {
+            let writer = super::connect_writer(settings).await?;
+            let wal = WalLimit::start(db, &writer, settings).await?;
             let (sender, receiver) = mpsc::channel(MAX_BATCH * 4);
-            tokio::spawn(run(db.clone(), receiver));
-            sender
-        });
-        Writes {
+            tokio::spawn(run(writer, receiver, wal));
+            Some(sender)
+        } else {
+            None
+        };
+        Ok(Writes {
             db: db.clone(),
             batches,
-        }
+        })
     }
 
     /// Creates a user and returns it once its transaction has committed.
     pub async fn create(&self, user: NewUser, actor: String) -> Result<Model, AppError> {
         match &self.batches {
-            Some(batches) => fresh(submit(batches, Change::Create(user), actor).await),
+            Some(batches) => fresh(submit(batches, Change::Create(user, None), actor).await),
             None => users::create(&self.db, user, &actor).await,
         }
     }
@@ -105,7 +124,7 @@ impl Writes {
         once: Once,
     ) -> Result<Outcome<Model>, AppError> {
         match &self.batches {
-            Some(batches) => submit(batches, Change::CreateOnce(user, once), actor).await,
+            Some(batches) => submit(batches, Change::Create(user, Some(once)), actor).await,
             None => create_once(&self.db, user, &actor, once).await,
         }
     }
@@ -150,14 +169,8 @@ async fn create_once(
     actor: &str,
     once: Once,
 ) -> Result<Outcome<Model>, AppError> {
-    let claim = Claim {
-        principal: actor,
-        key: &once.key,
-        request_hash: &once.request_hash,
-        ttl: once.ttl,
-    };
     let work = async |txn: &DatabaseTransaction| users::create(txn, user, actor).await;
-    idempotency::run_once(db, claim, work, once.record).await
+    idempotency::run_once(db, once.claim(actor), work, once.record).await
 }
 
 /// Only idempotent creates are ever replayed.
@@ -189,17 +202,18 @@ async fn submit(
     })?
 }
 
-async fn run(db: DatabaseConnection, mut jobs: mpsc::Receiver<Job>) {
+async fn run(writer: DatabaseConnection, mut jobs: mpsc::Receiver<Job>, mut wal: WalLimit) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Each turn takes everything queued (up to MAX_BATCH) while the last batch committed.
     while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // A task of its own, so that a panic while writing one batch fails that batch (rolled
         // back, its callers told to retry) instead of every user write from then on.
-        let db = db.clone();
+        let db = writer.clone();
         let batch = std::mem::take(&mut batch);
         if let Err(err) = tokio::spawn(async move { commit(&db, batch).await }).await {
             tracing::error!(error = %err, "a batch of user writes failed; its callers retry");
         }
+        wal.enforce(&writer).await;
     }
 }
 
@@ -241,25 +255,53 @@ async fn write_all(
     let mut work = work.into_iter().peekable();
     while let Some((change, actor)) = work.next() {
         // Dropping `txn` on an early return rolls back everything this batch wrote.
-        let Change::Create(user) = change else {
+        let Change::Create(user, once) = change else {
             outcomes.push(write(&txn, change, &actor).await?);
             continue;
         };
-        let mut creates = vec![(user, actor)];
-        while let Some((Change::Create(user), actor)) =
-            work.next_if(|(change, _)| matches!(change, Change::Create(_)))
+        let mut run = vec![Create { user, actor, once }];
+        while let Some((Change::Create(user, once), actor)) =
+            work.next_if(|(change, actor)| joins(&run, change, actor))
         {
-            creates.push((user, actor));
+            run.push(Create { user, actor, once });
         }
-        outcomes.extend(create_all(&txn, creates).await?);
+        outcomes.extend(create_all(&txn, run).await?);
     }
     txn.commit().await?;
     Ok(outcomes)
 }
 
-/// Consecutive plain creates of a batch: one multi-row INSERT, so one trip to the database
-/// connection's thread instead of one per create. When that statement fails on the email
-/// index, SQLite has undone the statement alone, not the transaction; the creates are then
+struct Create {
+    user: NewUser,
+    actor: String,
+    once: Option<Once>,
+}
+
+/// Whether `change` can be written in one go with the creates of `run`: a create, and, if
+/// idempotent, under a key no create of the run holds for the same caller. A retry racing its
+/// original starts the next run, so it finds the original's record (or, if the original
+/// failed, a free key).
+fn joins(run: &[Create], change: &Change, actor: &str) -> bool {
+    match change {
+        Change::Create(_, None) => true,
+        Change::Create(_, Some(once)) => !run.iter().any(|create| {
+            create.actor == actor
+                && create
+                    .once
+                    .as_ref()
+                    .is_some_and(|held| held.key == once.key)
+        }),
+        _ => false,
+    }
+}
+
+/// Consecutive creates of a batch, plain and idempotent: one query for the run's keys, then
+/// one multi-row INSERT of the new users and one of their idempotency records, so a few trips
+/// to the database connection's thread for the whole run instead of one (plain) or six
+/// (idempotent) per create. A key already held replays its response and creates nothing. When
+/// an insert fails on a unique index (a duplicate email; a key taken meanwhile cannot happen
+/// under SQLite's single writer, but is handled alike), nothing of the run's inserts is left
+/// (SQLite undoes the failed statement alone, the savepoint the rest), and its creates are
 /// written one by one, as they would have been without it, so a duplicate fails alone.
 ///
 /// Each pool connection caches a prepared statement per row count (2 to 64): in 10 s of POST
@@ -268,20 +310,79 @@ async fn write_all(
 /// each), so runs go in whole.
 async fn create_all(
     txn: &DatabaseTransaction,
-    creates: Vec<(NewUser, String)>,
+    run: Vec<Create>,
 ) -> Result<Vec<Result<Outcome<Model>, AppError>>, DbErr> {
-    if creates.len() > 1 {
-        match users::insert_many(txn, &creates).await {
-            Ok(models) => return Ok(models.into_iter().map(|m| Ok(Outcome::Fresh(m))).collect()),
+    let keyed: Vec<(usize, Claim)> = run
+        .iter()
+        .enumerate()
+        .filter_map(|(i, create)| Some((i, create.once.as_ref()?.claim(&create.actor))))
+        .collect();
+    let claims: Vec<Claim> = keyed.iter().map(|&(_, claim)| claim).collect();
+    let mut outcomes: Vec<Option<Result<Outcome<Model>, AppError>>> =
+        run.iter().map(|_| None).collect();
+    for (&(i, _), held) in keyed.iter().zip(idempotency::held(txn, &claims).await?) {
+        outcomes[i] = held.map(|replayed| replayed.map(Outcome::Replayed));
+    }
+    let fresh: Vec<&Create> = run
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(create, outcome)| outcome.is_none().then_some(create))
+        .collect();
+    if !fresh.is_empty() {
+        match insert_run(txn, &fresh).await {
+            Ok(models) => {
+                let mut models = models.into_iter();
+                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_none()) {
+                    *outcome = models.next().map(|model| Ok(Outcome::Fresh(model)));
+                }
+            }
+            // Those left `None` are written one by one below.
             Err(err) if users::conflict(&err).is_some() => {}
             Err(err) => return Err(err),
         }
     }
-    let mut outcomes = Vec::with_capacity(creates.len());
-    for (user, actor) in creates {
-        outcomes.push(write(txn, Change::Create(user), &actor).await?);
+    let mut written = Vec::with_capacity(run.len());
+    for (create, outcome) in run.into_iter().zip(outcomes) {
+        written.push(match outcome {
+            Some(outcome) => outcome,
+            None => write(txn, Change::Create(create.user, create.once), &create.actor).await?,
+        });
     }
-    Ok(outcomes)
+    Ok(written)
+}
+
+/// The users of `fresh`, and the idempotency records of those that have a key, inserted
+/// together or not at all: the users as stored, in order.
+async fn insert_run(txn: &DatabaseTransaction, fresh: &[&Create]) -> Result<Vec<Model>, DbErr> {
+    let users: Vec<(&NewUser, &str)> = fresh
+        .iter()
+        .map(|create| (&create.user, create.actor.as_str()))
+        .collect();
+    if fresh.iter().all(|create| create.once.is_none()) {
+        // A failed INSERT leaves nothing of itself: no savepoint needed.
+        return users::insert_many(txn, &users).await;
+    }
+    let savepoint = txn.begin().await?;
+    let inserted = async {
+        let models = users::insert_many(&savepoint, &users).await?;
+        let responses = fresh.iter().zip(&models).filter_map(|(create, model)| {
+            let once = create.once.as_ref()?;
+            Some((once.claim(&create.actor), (once.record)(model)))
+        });
+        idempotency::record_all(&savepoint, responses).await?;
+        Ok(models)
+    }
+    .await;
+    match inserted {
+        Ok(models) => {
+            savepoint.commit().await?;
+            Ok(models)
+        }
+        Err(err) => {
+            savepoint.rollback().await?;
+            Err(err)
+        }
+    }
 }
 
 /// One write: its own outcome (a conflict, a 404 or 412 included), or the error that fails the
@@ -292,9 +393,9 @@ async fn write(
     actor: &str,
 ) -> Result<Result<Outcome<Model>, AppError>, DbErr> {
     let written = match change {
-        Change::Create(user) => users::insert(txn, user, actor).await.map(Ok),
+        Change::Create(user, None) => users::insert(txn, user, actor).await.map(Ok),
         // Its savepoint has already undone whatever failed; the failure is this create's own.
-        Change::CreateOnce(user, once) => {
+        Change::Create(user, Some(once)) => {
             return Ok(create_once(txn, user, actor, once).await);
         }
         Change::Update {
@@ -363,7 +464,12 @@ mod tests {
             .iter()
             .zip(emails)
             .enumerate()
-            .map(|(i, (name, email))| (Change::Create(user(name, email)), format!("api-key:{i}")))
+            .map(|(i, (name, email))| {
+                (
+                    Change::Create(user(name, email), None),
+                    format!("api-key:{i}"),
+                )
+            })
             .collect();
         let outcomes = write_all(&db, work).await.unwrap();
         let mut last_id = 0;
@@ -385,8 +491,14 @@ mod tests {
 
         // A run with no duplicate, after the others.
         let work = vec![
-            (Change::Create(user("Fay", "fay@x.org")), "a".to_owned()),
-            (Change::Create(user("Gus", "gus@x.org")), "b".to_owned()),
+            (
+                Change::Create(user("Fay", "fay@x.org"), None),
+                "a".to_owned(),
+            ),
+            (
+                Change::Create(user("Gus", "gus@x.org"), None),
+                "b".to_owned(),
+            ),
         ];
         let names: Vec<_> = write_all(&db, work)
             .await
@@ -400,6 +512,153 @@ mod tests {
         assert_eq!(names, [("Fay".into(), true), ("Gus".into(), true)]);
     }
 
+    fn recorded(model: &Model) -> Recorded {
+        Recorded {
+            status: 201,
+            body: format!("{}:{}", model.id, model.name),
+            location: Some(format!("/users/{}", model.id)),
+            etag: None,
+        }
+    }
+
+    fn keyed(name: &str, email: &str, key: &str, hash: &str, ttl_secs: i64) -> Change {
+        let once = Once {
+            key: key.to_owned(),
+            request_hash: hash.to_owned(),
+            ttl: chrono::Duration::seconds(ttl_secs),
+            record: recorded,
+        };
+        Change::Create(user(name, email), Some(once))
+    }
+
+    fn describe(outcome: &Result<Outcome<Model>, AppError>) -> String {
+        match outcome {
+            Ok(Outcome::Fresh(model)) => format!("fresh {}", model.name),
+            Ok(Outcome::Replayed(recorded)) => format!("replayed {}", recorded.body),
+            Err(err) => format!("error {err}"),
+        }
+    }
+
+    /// Each outcome of `work` in a word or two.
+    async fn written(db: &DatabaseConnection, work: Vec<(Change, String)>) -> Vec<String> {
+        let outcomes = write_all(db, work).await.unwrap();
+        outcomes.iter().map(describe).collect()
+    }
+
+    async fn stored_keys(db: &DatabaseConnection) -> Vec<(String, String, String)> {
+        entity::idempotency_keys::Entity::find()
+            .all(db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|stored| (stored.principal, stored.key, stored.body))
+            .collect()
+    }
+
+    /// Idempotent creates, among plain ones, go in as one run: each free key records its
+    /// create's response, a key the same caller already used in the run replays that create,
+    /// the same key of another caller is that caller's own, and a later batch replays (same
+    /// body) or refuses (another body).
+    #[tokio::test]
+    async fn keyed_creates_record_their_keys_and_replay_within_and_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        let work = vec![
+            (keyed("Ann", "ann@x.org", "k1", "h-ann", 60), "a".to_owned()),
+            (
+                Change::Create(user("Bob", "bob@x.org"), None),
+                "a".to_owned(),
+            ),
+            (keyed("Cy", "cy@x.org", "k1", "h-cy", 60), "b".to_owned()),
+            (keyed("Ann", "ann@x.org", "k1", "h-ann", 60), "a".to_owned()),
+            (keyed("Dee", "dee@x.org", "k2", "h-dee", 60), "a".to_owned()),
+        ];
+        let outcomes: Vec<_> = write_all(&db, work).await.unwrap();
+        let ids: Vec<i64> = outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                Ok(Outcome::Fresh(model)) => Some(model.id),
+                _ => None,
+            })
+            .collect();
+        let [ann, _, cy, dee] = ids[..] else {
+            panic!("{:?}", outcomes.iter().map(describe).collect::<Vec<_>>());
+        };
+        let described: Vec<_> = outcomes.iter().map(describe).collect();
+        assert_eq!(
+            described,
+            [
+                "fresh Ann",
+                "fresh Bob",
+                "fresh Cy",
+                &format!("replayed {ann}:Ann"),
+                "fresh Dee"
+            ]
+        );
+        let held = [
+            ("a".to_owned(), "k1".to_owned(), format!("{ann}:Ann")),
+            ("b".to_owned(), "k1".to_owned(), format!("{cy}:Cy")),
+            ("a".to_owned(), "k2".to_owned(), format!("{dee}:Dee")),
+        ];
+        assert_eq!(stored_keys(&db).await, held);
+
+        let work = vec![
+            (keyed("Ann", "ann@x.org", "k1", "h-ann", 60), "a".to_owned()),
+            (keyed("Eve", "eve@x.org", "k2", "h-eve", 60), "a".to_owned()),
+            (keyed("Fay", "fay@x.org", "k3", "h-fay", 60), "a".to_owned()),
+        ];
+        let described = written(&db, work).await;
+        assert_eq!(
+            described[..2],
+            [
+                format!("replayed {ann}:Ann"),
+                format!("error {}", AppError::IdempotencyKeyReused)
+            ]
+        );
+        assert_eq!(described[2], "fresh Fay");
+        assert_eq!(entity::users::Entity::find().count(&db).await.unwrap(), 5);
+        assert_eq!(stored_keys(&db).await.len(), 4);
+    }
+
+    /// A duplicate email in a run of keyed creates fails that create alone, and its key stays
+    /// free; an expired key is free again.
+    #[tokio::test]
+    async fn a_failed_keyed_create_keeps_no_key_and_an_expired_key_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        let work = vec![
+            (keyed("Ann", "ann@x.org", "k1", "h1", 60), "a".to_owned()),
+            (keyed("Bob", "ANN@x.org", "k2", "h2", 60), "a".to_owned()),
+            (keyed("Cy", "cy@x.org", "k3", "h3", -1), "a".to_owned()),
+        ];
+        let described = written(&db, work).await;
+        assert_eq!(described[0], "fresh Ann");
+        assert!(described[1].starts_with("error "), "{}", described[1]);
+        assert_eq!(described[2], "fresh Cy");
+        let keys: Vec<_> = stored_keys(&db)
+            .await
+            .into_iter()
+            .map(|(_, key, _)| key)
+            .collect();
+        assert_eq!(keys, ["k1", "k3"]);
+
+        // k2 was never taken; k3's record has expired.
+        let work = vec![
+            (keyed("Bob", "bob@x.org", "k2", "h2", 60), "a".to_owned()),
+            (keyed("Dee", "dee@x.org", "k3", "h4", 60), "a".to_owned()),
+        ];
+        let described = written(&db, work).await;
+        assert_eq!(described, ["fresh Bob", "fresh Dee"]);
+        let keys: Vec<_> = stored_keys(&db)
+            .await
+            .into_iter()
+            .map(|(_, key, body)| (key, body.ends_with("Dee")))
+            .collect();
+        assert_eq!(keys.len(), 3);
+        assert!(keys.contains(&("k3".to_owned(), true)), "{keys:?}");
+        assert_eq!(entity::users::Entity::find().count(&db).await.unwrap(), 4);
+    }
+
     /// What the fallback relies on: a multi-row insert that fails on the email index leaves
     /// nothing of itself, and what the transaction wrote before it stays.
     #[tokio::test]
@@ -410,10 +669,8 @@ mod tests {
         users::insert(&txn, user("Ann", "ann@x.org"), "a")
             .await
             .unwrap();
-        let clash = [
-            (user("Bob", "bob@x.org"), "b".to_owned()),
-            (user("Cy", "Ann@X.org"), "c".to_owned()),
-        ];
+        let (bob, cy) = (user("Bob", "bob@x.org"), user("Cy", "Ann@X.org"));
+        let clash = [(&bob, "b"), (&cy, "c")];
         let err = users::insert_many(&txn, &clash).await.unwrap_err();
         assert!(users::conflict(&err).is_some(), "{err}");
         txn.commit().await.unwrap();

@@ -36,20 +36,43 @@ use crate::{
 /// foreign keys are enforced as on other backends. For PostgreSQL: a statement timeout keeps a
 /// stuck query from holding a connection forever.
 pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
+    // Two at least: start-up holds one for the migration lock while migrating on another.
+    let mut options = options(settings, settings.db_max_connections.max(2), None);
+    if settings.db_statement_timeout_secs > 0 {
+        options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
+    }
+    Database::connect(options).await
+}
+
+/// The one connection through which a SQLite database's group commit writes users (see
+/// [`group_commit`]), beside the pool. Written through any pool connection, each of them
+/// prepared and cached its own copy of every statement a batch uses (a multi-row INSERT per
+/// row count, for users and for idempotency records, and the lookup of a run's keys).
+pub async fn connect_writer(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
+    let mut options = options(settings, 1, Some(WRITER_STATEMENTS));
+    options.min_connections(1);
+    Database::connect(options).await
+}
+
+/// Statements the writer keeps prepared: every row count (1 to 64) of the users INSERT, of
+/// the idempotency-record INSERT and of the key lookup, and the few others a batch runs.
+const WRITER_STATEMENTS: usize = 256;
+
+fn options(settings: &DbArgs, connections: u32, statements: Option<usize>) -> ConnectOptions {
     let mut options = ConnectOptions::new(&settings.database_url);
     let synchronous = match settings.sqlite_synchronous {
         SqliteSync::Normal => SqliteSynchronous::Normal,
         SqliteSync::Full => SqliteSynchronous::Full,
     };
     let acquire = Duration::from_secs(settings.db_acquire_timeout_secs.max(1));
+    let wal_limit = wal_limit_bytes(settings);
     options
         .sqlx_logging(false)
-        // Two at least: start-up holds one for the migration lock while migrating on another.
-        .max_connections(settings.db_max_connections.max(2))
+        .max_connections(connections)
         .acquire_timeout(acquire)
         .connect_timeout(acquire)
         .map_sqlx_sqlite_opts(move |sqlite| {
-            sqlite
+            let sqlite = sqlite
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(synchronous)
@@ -57,14 +80,23 @@ pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
                 .foreign_keys(true)
                 // Checkpoints run in the background instead (`spawn_wal_checkpoints`).
                 .pragma("wal_autocheckpoint", "0")
+                // A WAL reused from its start is cut back to this size at its next commit.
+                .pragma("journal_size_limit", wal_limit.to_string())
                 // sqlx's SQLite worker hands rows over a channel; one that holds a whole page
                 // (at most 201 rows) lets a query finish without a thread hand-off per row.
-                .row_buffer_size(256)
+                .row_buffer_size(256);
+            match statements {
+                Some(statements) => sqlite.statement_cache_capacity(statements),
+                None => sqlite,
+            }
         });
-    if settings.db_statement_timeout_secs > 0 {
-        options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
-    }
-    Database::connect(options).await
+    options
+}
+
+/// `--sqlite-wal-limit-mib` in bytes: the WAL is restarted from its beginning, and its file cut
+/// back to this size, once it holds this much (see [`WalLimit`]).
+fn wal_limit_bytes(settings: &DbArgs) -> i64 {
+    i64::from(settings.sqlite_wal_limit_mib) * 1024 * 1024
 }
 
 /// Where reads go: on SQLite first the request's own thread (see [`inline_reads`]), and the
@@ -144,30 +176,153 @@ impl Reads {
     }
 }
 
+/// Keeps a SQLite WAL short without making writes wait for it, and near
+/// `--sqlite-wal-limit-mib` under steady writes.
+///
 /// Left to itself, SQLite checkpoints inside whichever commit takes the WAL past 1,000 pages:
 /// that one write waits for the copy into the database file and its fsync, and behind the
 /// group commit so does every write queued after it (the 800 ms PATCH p99 in the benchmark).
-/// With automatic checkpoints off, this task runs a PASSIVE checkpoint twice a second, which
-/// copies what it can beside readers and writers without blocking either. A process that never
-/// serves (the CLI) leaves the WAL to SQLite, which checkpoints it when the last connection closes.
-pub fn spawn_wal_checkpoints(db: &DatabaseConnection) {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return;
+/// With automatic checkpoints off, a background task runs a PASSIVE checkpoint twice a second,
+/// which copies what it can beside readers and writers without blocking either. A process that
+/// never serves (the CLI) leaves the WAL to SQLite, which checkpoints it when the last
+/// connection closes.
+///
+/// A writer reuses the WAL from its start only if, when it begins, every frame in it has been
+/// copied back; under steady writes a new commit always lands before a background checkpoint
+/// finishes, so the WAL only grew (to 2.3 GB in 30 s of the benchmark's writes, and its index
+/// in shared memory with it). So the group commit's writer, the one connection user writes go
+/// through, looks at the WAL's size after each batch. Past the limit, it asks for a background
+/// checkpoint at once, and after that one, between two batches, runs a RESTART checkpoint:
+/// that copies back the little that came in meanwhile and waits for readers still on the WAL
+/// (one statement each), so the next batch starts the WAL over, and `journal_size_limit` cuts
+/// the file back to the limit at its commit. Readers are not held up; writes are, for the few
+/// milliseconds the RESTART takes. (Run at any moment instead, it had up to half a second of
+/// frames to copy, and met the background checkpoint: 27 ms a restart, against 7.)
+pub struct WalLimit {
+    /// `None` for a database with no file (in memory).
+    wal: Option<std::path::PathBuf>,
+    limit: u64,
+    checkpoints: Arc<Checkpoints>,
+    /// A background checkpoint was asked for; the restart follows it.
+    asked: bool,
+    /// A restart that could not complete (a long read) is not retried before this.
+    not_before: std::time::Instant,
+}
+
+#[derive(Default)]
+struct Checkpoints {
+    now: tokio::sync::Notify,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl WalLimit {
+    /// Starts the background checkpoints on `pool`; `writer` is the connection user writes go
+    /// through.
+    pub async fn start(
+        pool: &DatabaseConnection,
+        writer: &DatabaseConnection,
+        settings: &DbArgs,
+    ) -> Result<Self, DbErr> {
+        let checkpoints = Arc::new(Checkpoints::default());
+        tokio::spawn(checkpoint(pool.clone(), checkpoints.clone()));
+        let list = Statement::from_string(DbBackend::Sqlite, "PRAGMA database_list");
+        // The first row is the main database: (seq, name, file).
+        let file: String = match writer.query_one_raw(list).await? {
+            Some(row) => row.try_get_by_index(2)?,
+            None => String::new(),
+        };
+        Ok(WalLimit {
+            wal: (!file.is_empty()).then(|| format!("{file}-wal").into()),
+            limit: wal_limit_bytes(settings) as u64,
+            checkpoints,
+            asked: false,
+            not_before: std::time::Instant::now(),
+        })
     }
-    let db = db.clone();
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_millis(500));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if let Err(err) = db
-                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-                .await
-            {
-                tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+
+    /// Between two batches, on the writer: see [`WalLimit`].
+    pub async fn enforce(&mut self, writer: &DatabaseConnection) {
+        use std::sync::atomic::Ordering;
+        let Some(wal) = &self.wal else { return };
+        if self.asked {
+            if self.checkpoints.done.swap(false, Ordering::Acquire) {
+                self.asked = false;
+                self.restart(writer).await;
+            }
+            return;
+        }
+        // One stat(2); the file is cut back to the limit only at the commit after a restart.
+        let size = std::fs::metadata(wal).map_or(0, |m| m.len());
+        if size > self.limit && std::time::Instant::now() >= self.not_before {
+            self.asked = true;
+            // A checkpoint that ends from now on will do, one already running included.
+            self.checkpoints.done.store(false, Ordering::Release);
+            self.checkpoints.now.notify_one();
+        }
+    }
+
+    async fn restart(&mut self, writer: &DatabaseConnection) {
+        let started = std::time::Instant::now();
+        let restart = async {
+            // Readers are short; one that is not is waited for no longer than this.
+            writer
+                .execute_unprepared("PRAGMA busy_timeout = 50")
+                .await?;
+            let restarted = writer
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    "PRAGMA wal_checkpoint(RESTART)",
+                ))
+                .await;
+            writer
+                .execute_unprepared("PRAGMA busy_timeout = 5000")
+                .await?;
+            restarted
+        };
+        let backoff = started + Duration::from_millis(500);
+        match restart.await {
+            // The columns: busy (1 if a reader or another checkpoint held it up), frames in
+            // the WAL, frames copied back.
+            Ok(Some(row)) => {
+                let busy = row.try_get_by_index::<i64>(0).unwrap_or(1);
+                if busy != 0 {
+                    self.not_before = backoff;
+                }
+                tracing::debug!(
+                    busy,
+                    frames = row.try_get_by_index::<i64>(1).unwrap_or(-1),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "WAL restart checkpoint"
+                );
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.not_before = backoff;
+                tracing::warn!(error = %err, "WAL restart failed; retrying later");
             }
         }
-    });
+    }
+}
+
+/// The background checkpoints: twice a second, and at once when the writer asks.
+async fn checkpoint(db: DatabaseConnection, checkpoints: Arc<Checkpoints>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = checkpoints.now.notified() => ticker.reset(),
+        }
+        if let Err(err) = db
+            .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+            .await
+        {
+            tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+        }
+        checkpoints
+            .done
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Brings the schema up to date; safe to run on every start, and from several instances at

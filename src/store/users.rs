@@ -352,12 +352,12 @@ pub(super) async fn insert(
 /// is left for the caller to classify.
 pub(super) async fn insert_many(
     db: &impl ConnectionTrait,
-    users: &[(NewUser, String)],
+    users: &[(&NewUser, &str)],
 ) -> Result<Vec<Model>, DbErr> {
     let now = super::now();
     let rows = users
         .iter()
-        .map(|(user, actor)| new_row(user.clone(), actor, now));
+        .map(|&(user, actor)| new_row(user.clone(), actor, now));
     let mut inserted = Entity::insert_many(rows).exec_with_returning(db).await?;
     // RETURNING promises no order; the ids ascend in the order the rows were given. Each row
     // is then checked against its request, so no caller is ever sent another's user.
@@ -366,7 +366,7 @@ pub(super) async fn insert_many(
         && inserted.iter().zip(users).all(|(model, (user, actor))| {
             model.name == user.name.as_str()
                 && model.email.as_deref() == user.email.as_ref().map(|e| e.as_str())
-                && model.created_by.as_deref() == Some(actor.as_str())
+                && model.created_by.as_deref() == Some(*actor)
         });
     if !matches {
         return Err(DbErr::Custom(

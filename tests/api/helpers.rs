@@ -69,6 +69,7 @@ pub fn db_args(url: &str) -> users_api::config::DbArgs {
         db_statement_timeout_secs: 30,
         db_startup_wait_secs: 5,
         sqlite_synchronous: users_api::config::SqliteSync::Normal,
+        sqlite_wal_limit_mib: 64,
     }
 }
 

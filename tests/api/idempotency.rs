@@ -117,9 +117,8 @@ async fn keys_expire_after_their_ttl() {
     assert_eq!(count_users(&app).await, 2);
 }
 
-/// On SQLite, concurrent idempotent creates share a group commit, each in its own savepoint:
-/// retries within one batch replay the first, and a create that fails keeps nothing, not even
-/// its key.
+/// On SQLite, concurrent idempotent creates share a group commit and go in as runs: retries
+/// within one batch replay the first, and a create that fails keeps nothing, not even its key.
 #[tokio::test]
 async fn concurrent_idempotent_creates_replay_or_fail_one_by_one() {
     let app = Arc::new(spawn_app().await);

@@ -1,11 +1,15 @@
 //! Deep pages cost what the first one does: every sort's keyset query is answered by walking an
-//! index in order, never by sorting the table. Checked with the database's own query planner.
+//! index in order, never by sorting the table; and a run of idempotent creates finds its keys
+//! through their index. Checked with the database's own query planner.
 
 use chrono::Utc;
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement, TransactionTrait};
 use users_api::{
     domain::{Cursor, ListQuery, Sort, SortField, SortKey, UserFilter},
-    store,
+    store::{
+        self,
+        idempotency::{self, Claim},
+    },
 };
 
 use crate::helpers::{TestDb, db_args};
@@ -67,6 +71,45 @@ async fn every_sort_walks_an_index_at_any_depth() {
                     ),
                 }
             }
+        }
+    }
+    db.close().await.unwrap();
+}
+
+/// A run of idempotent creates looks its keys up in one query: one search of the unique
+/// (principal, key) index per key, never a scan of a table that keeps a day of creates.
+#[tokio::test]
+async fn held_idempotency_keys_are_looked_up_in_their_index() {
+    let test_db = TestDb::new();
+    let db = store::connect(&db_args(&test_db.url)).await.unwrap();
+    store::migrate(&db, async |_| Ok(())).await.unwrap();
+    let backend = db.get_database_backend();
+    let keys: Vec<String> = (0..3).map(|i| format!("key-{i}")).collect();
+    let claims: Vec<Claim> = keys
+        .iter()
+        .map(|key| Claim {
+            principal: "api-key:1",
+            key,
+            request_hash: "",
+            ttl: chrono::Duration::hours(1),
+        })
+        .collect();
+    let statement = idempotency::held_select(&claims).build(backend);
+    let plan = explain(&db, backend, statement).await;
+    match backend {
+        DbBackend::Sqlite => {
+            let searches = plan
+                .matches("SEARCH idempotency_keys USING INDEX idx_idempotency_keys_principal_key")
+                .count();
+            assert_eq!(searches, 3, "{plan}");
+            assert!(!plan.contains("SCAN"), "{plan}");
+        }
+        _ => {
+            assert!(
+                plan.contains("idx_idempotency_keys_principal_key"),
+                "{plan}"
+            );
+            assert!(!plan.contains("Seq Scan"), "{plan}");
         }
     }
     db.close().await.unwrap();
