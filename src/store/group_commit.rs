@@ -304,10 +304,12 @@ fn joins(run: &[Create], change: &Change, actor: &str) -> bool {
 /// (SQLite undoes the failed statement alone, the savepoint the rest), and its creates are
 /// written one by one, as they would have been without it, so a duplicate fails alone.
 ///
-/// Each pool connection caches a prepared statement per row count (2 to 64): in 10 s of POST
-/// load, peak memory went from about 47 to 52 MiB. Splitting runs into a few fixed sizes kept
-/// it to 48.6–50 MiB but cost 8–14% more CPU per create (two variants, 5 alternating rounds
-/// each), so runs go in whole.
+/// The writer's connection caches a prepared statement per row count (1 to 64) of each INSERT
+/// and of the key lookup. When batches went through any pool connection, each cached its own,
+/// and in 10 s of POST load peak memory went from about 47 to 52 MiB; splitting runs into a
+/// few fixed sizes kept it to 48.6–50 MiB but cost 8–14% more CPU per create (two variants, 5
+/// alternating rounds each). Runs go in whole, and the writer's own connection took memory
+/// back below where it was before multi-row INSERTs.
 async fn create_all(
     txn: &DatabaseTransaction,
     run: Vec<Create>,
