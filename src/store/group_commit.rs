@@ -308,8 +308,7 @@ fn joins(run: &[Create], change: &Change, actor: &str) -> bool {
 /// and of the key lookup. When batches went through any pool connection, each cached its own,
 /// and in 10 s of POST load peak memory went from about 47 to 52 MiB; splitting runs into a
 /// few fixed sizes kept it to 48.6–50 MiB but cost 8–14% more CPU per create (two variants, 5
-/// alternating rounds each). Runs go in whole, and the writer's own connection took memory
-/// back below where it was before multi-row INSERTs.
+/// alternating rounds each), so runs go in whole.
 async fn create_all(
     txn: &DatabaseTransaction,
     run: Vec<Create>,
