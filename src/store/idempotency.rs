@@ -100,10 +100,12 @@ pub async fn run_once<T>(
 }
 
 /// For a run of creates that a group commit writes together (the batched form of
-/// [`run_once`], whose writer holds SQLite's write lock for the whole transaction): per claim,
-/// in order, the response recorded under its key, `Err` if that was for another body, or `None`
-/// when the key is free. Expired records are deleted, freeing their keys. One query for the
-/// run, where `run_once` takes three statements and a savepoint per create.
+/// [`run_once`]): per claim, in order, the response recorded under its key, `Err` if that was
+/// for another body, or `None` when the key is free. Expired records are deleted, freeing
+/// their keys. One query for the run, where `run_once` takes three statements and a savepoint
+/// per create. A key found free stays free until the run records it: the group commit is
+/// SQLite's only writer of these records, and should another one record it meanwhile, the
+/// run's insert fails on the unique index and its creates go through `run_once`.
 pub async fn held(
     db: &impl ConnectionTrait,
     claims: &[Claim<'_>],
