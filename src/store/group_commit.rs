@@ -313,15 +313,17 @@ async fn create_all(
     txn: &DatabaseTransaction,
     run: Vec<Create>,
 ) -> Result<Vec<Result<Outcome<Model>, AppError>>, DbErr> {
-    let keyed: Vec<(usize, Claim)> = run
+    let (keyed, claims): (Vec<usize>, Vec<Claim>) = run
         .iter()
         .enumerate()
         .filter_map(|(i, create)| Some((i, create.once.as_ref()?.claim(&create.actor))))
-        .collect();
-    let claims: Vec<Claim> = keyed.iter().map(|&(_, claim)| claim).collect();
+        .unzip();
     let mut outcomes: Vec<Option<Result<Outcome<Model>, AppError>>> =
         run.iter().map(|_| None).collect();
-    for (&(i, _), held) in keyed.iter().zip(idempotency::held(txn, &claims).await?) {
+    for (i, held) in keyed
+        .into_iter()
+        .zip(idempotency::held(txn, &claims).await?)
+    {
         outcomes[i] = held.map(|replayed| replayed.map(Outcome::Replayed));
     }
     let fresh: Vec<&Create> = run

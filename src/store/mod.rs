@@ -98,8 +98,8 @@ fn options(settings: &DbArgs, connections: u32, statements: Option<usize>) -> Co
 
 /// `--sqlite-wal-limit-mib` in bytes: the WAL is restarted from its beginning, and its file cut
 /// back to this size, once it holds this much (see [`WalLimit`]).
-fn wal_limit_bytes(settings: &DbArgs) -> i64 {
-    i64::from(settings.sqlite_wal_limit_mib) * 1024 * 1024
+fn wal_limit_bytes(settings: &DbArgs) -> u64 {
+    u64::from(settings.sqlite_wal_limit_mib) * 1024 * 1024
 }
 
 /// Where reads go: on SQLite first the request's own thread (see [`inline_reads`]), and the
@@ -236,7 +236,7 @@ impl WalLimit {
         };
         Ok(WalLimit {
             wal: (!file.is_empty()).then(|| format!("{file}-wal").into()),
-            limit: wal_limit_bytes(settings) as u64,
+            limit: wal_limit_bytes(settings),
             checkpoints,
             asked: false,
             not_before: std::time::Instant::now(),

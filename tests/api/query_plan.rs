@@ -23,12 +23,19 @@ fn cursor_for(query: &ListQuery) -> Cursor {
     Cursor::new(key, 500_000, query)
 }
 
-#[tokio::test]
-async fn every_sort_walks_an_index_at_any_depth() {
+/// A fresh database with the schema, opened as the server opens it (kept alive by the
+/// `TestDb`).
+async fn migrated() -> (TestDb, sea_orm::DatabaseConnection, DbBackend) {
     let test_db = TestDb::new();
     let db = store::connect(&db_args(&test_db.url)).await.unwrap();
     store::migrate(&db, async |_| Ok(())).await.unwrap();
     let backend = db.get_database_backend();
+    (test_db, db, backend)
+}
+
+#[tokio::test]
+async fn every_sort_walks_an_index_at_any_depth() {
+    let (_test_db, db, backend) = migrated().await;
 
     for sort in ["id", "-id", "name", "-name", "created_at", "-created_at"] {
         for filter in [
@@ -80,10 +87,7 @@ async fn every_sort_walks_an_index_at_any_depth() {
 /// (principal, key) index per key, never a scan of a table that keeps a day of creates.
 #[tokio::test]
 async fn held_idempotency_keys_are_looked_up_in_their_index() {
-    let test_db = TestDb::new();
-    let db = store::connect(&db_args(&test_db.url)).await.unwrap();
-    store::migrate(&db, async |_| Ok(())).await.unwrap();
-    let backend = db.get_database_backend();
+    let (_test_db, db, backend) = migrated().await;
     let keys: Vec<String> = (0..3).map(|i| format!("key-{i}")).collect();
     let claims: Vec<Claim> = keys
         .iter()
