@@ -11,6 +11,7 @@ use poem_openapi::{
 };
 use serde_json::Value;
 
+use super::cursor_param::CursorText;
 use super::{
     ApiTags,
     payload::{BodySchema, JsonBody},
@@ -196,11 +197,10 @@ impl ApiKeysApi {
         )]
         limit: Query<u64>,
         /// The `next_cursor` of the previous page; omit for the first page.
-        #[oai(validator(min_length = 1, max_length = 1024, pattern = "^[A-Za-z0-9_-]+$"))]
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<CursorText>>,
     ) -> ApiResult<ListApiKeysResponse, ListErrors> {
         auth.0.require(Scope::Admin)?;
-        let after = super::parse_cursor(cursor.0.as_deref(), &ListQuery::default())?;
+        let after = super::parse_cursor(cursor.0.as_ref(), &ListQuery::default())?;
         let page = store::api_keys::list(&state.db, after.as_ref(), limit.0).await?;
         Ok(ListApiKeysResponse::Ok(Json(ApiKeyPage {
             items: page

@@ -11,6 +11,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::timestamp::Stamp;
+
 /// A value that writes itself as JSON text, the same text its `ToJSON` writes.
 pub trait EncodeJson {
     fn encode(&self, out: &mut Vec<u8>);
@@ -18,20 +20,34 @@ pub trait EncodeJson {
 
 /// `text` as a JSON string.
 pub fn string(out: &mut Vec<u8>, text: &str) {
-    if needs_escape(text.as_bytes()) {
-        serde_json::to_writer(out, text).expect("a str always encodes");
-        return;
-    }
-    out.reserve(text.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'"');
+    text_bytes(out, text.as_bytes());
 }
 
 /// `text` as a JSON string, or `null`.
 pub fn optional_string(out: &mut Vec<u8>, text: Option<&str>) {
+    optional_text_bytes(out, text.map(str::as_bytes));
+}
+
+/// Text that should be UTF-8 (as read from a database) as a JSON string. Text that is not is
+/// copied as it is, so the check of the whole body refuses it.
+pub fn text_bytes(out: &mut Vec<u8>, text: &[u8]) {
+    if needs_escape(text) {
+        match std::str::from_utf8(text) {
+            Ok(text) => serde_json::to_writer(out, text).expect("a str always encodes"),
+            Err(_) => out.extend_from_slice(text),
+        }
+        return;
+    }
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(text);
+    out.push(b'"');
+}
+
+/// [`text_bytes`], or `null`.
+pub fn optional_text_bytes(out: &mut Vec<u8>, text: Option<&[u8]>) {
     match text {
-        Some(text) => string(out, text),
+        Some(text) => text_bytes(out, text),
         None => out.extend_from_slice(b"null"),
     }
 }
@@ -39,13 +55,25 @@ pub fn optional_string(out: &mut Vec<u8>, text: Option<&str>) {
 /// `at` as `to_rfc3339` writes it, as a JSON string (the form `ToJSON` writes).
 pub fn timestamp(out: &mut Vec<u8>, at: &DateTime<Utc>) {
     match crate::timestamp::write(at) {
-        Some(text) => {
-            out.push(b'"');
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'"');
-        }
+        Some(text) => quoted(out, text.as_bytes()),
         None => string(out, &at.to_rfc3339()),
     }
+}
+
+/// A timestamp as read, as [`timestamp`] writes it: text already in that form is copied.
+pub fn stamp(out: &mut Vec<u8>, stamp: &Stamp<'_>) {
+    match stamp {
+        Stamp::Written(text) => quoted(out, text),
+        Stamp::At(at) => timestamp(out, at),
+    }
+}
+
+/// `text` in quotes, for text known to hold nothing JSON escapes (a timestamp).
+fn quoted(out: &mut Vec<u8>, text: &[u8]) {
+    out.reserve(text.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(text);
+    out.push(b'"');
 }
 
 /// Whether any byte of `bytes` is one JSON must escape: below 0x20, `"` or `\`. Bytes of
@@ -133,6 +161,16 @@ mod tests {
             let mut out = Vec::new();
             string(&mut out, &text);
             assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_utf8_is_copied_for_the_body_check_to_refuse() {
+        for text in [&b"Ann\xff"[..], b"\"\xff", b"\xc3", b"\xff\xfe\n"] {
+            let mut out = b"[".to_vec();
+            text_bytes(&mut out, text);
+            assert!(out.windows(text.len()).any(|window| window == text));
+            assert!(std::str::from_utf8(&out).is_err());
         }
     }
 

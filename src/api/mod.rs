@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod conditional;
+pub mod cursor_param;
 pub mod edge;
 pub mod encode;
 pub mod operations;
@@ -12,6 +13,7 @@ pub mod users;
 use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
 use serde_json::{Value, json};
 
+use self::cursor_param::CursorText;
 use crate::{
     domain::{Cursor, ListQuery},
     error::AppError,
@@ -66,8 +68,8 @@ fn default_page_limit() -> u64 {
 
 /// The `cursor` query parameter of a listing; one this API did not issue for this very query
 /// (same filters and sort) is a 400.
-fn parse_cursor(raw: Option<&str>, query: &ListQuery) -> Result<Option<Cursor>, AppError> {
-    raw.map(|raw| Cursor::parse(raw, query))
+fn parse_cursor(raw: Option<&CursorText>, query: &ListQuery) -> Result<Option<Cursor>, AppError> {
+    raw.map(|raw| Cursor::parse(&raw.0, query))
         .transpose()
         .map_err(AppError::BadRequest)
 }

@@ -8,8 +8,10 @@ use poem_openapi::{
     param::{Header, Path, Query},
     types::{Email, Example, MaybeUndefined},
 };
+use sea_orm::DbErr;
 use serde_json::Value;
 
+use super::cursor_param::CursorText;
 use super::{
     API_PREFIX, ApiTags,
     conditional::{etag, expected_version, none_match},
@@ -22,7 +24,13 @@ use crate::{
     domain::{ListQuery, NewUser, Scope, Sort, SortField, UserChanges, UserFilter},
     error::{AppError, FieldError},
     startup::AppState,
-    store::{self, group_commit::Once, idempotency, users::ListedUser},
+    store::{
+        self,
+        group_commit::Once,
+        idempotency,
+        users::{ListedSink, UserRow},
+    },
+    timestamp::Stamp,
 };
 
 /// A user.
@@ -71,21 +79,6 @@ impl Example for User {
     }
 }
 
-impl From<ListedUser> for User {
-    fn from(user: ListedUser) -> Self {
-        User {
-            id: user.id,
-            name: user.name,
-            role: user.role,
-            email: user.email.map(Email),
-            created_at: user.created_at,
-            updated_at: user.updated_at,
-            created_by: user.created_by,
-            updated_by: user.updated_by,
-        }
-    }
-}
-
 impl From<Model> for User {
     fn from(model: Model) -> Self {
         User {
@@ -101,26 +94,47 @@ impl From<Model> for User {
     }
 }
 
+impl User {
+    /// This user in the form a page's rows are written from, so one function writes both.
+    fn row(&self) -> UserRow<'_> {
+        UserRow {
+            id: self.id,
+            name: self.name.as_bytes(),
+            role: self.role.as_bytes(),
+            email: self.email.as_ref().map(|email| email.as_bytes()),
+            created_at: Stamp::At(self.created_at),
+            updated_at: Stamp::At(self.updated_at),
+            created_by: self.created_by.as_deref().map(str::as_bytes),
+            updated_by: self.updated_by.as_deref().map(str::as_bytes),
+        }
+    }
+}
+
 impl EncodeJson for User {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"id\":");
-        out.extend_from_slice(Decimal::new(self.id).as_bytes());
-        out.extend_from_slice(b",\"name\":");
-        encode::string(out, &self.name);
-        out.extend_from_slice(b",\"role\":");
-        encode::string(out, &self.role);
-        out.extend_from_slice(b",\"email\":");
-        encode::optional_string(out, self.email.as_ref().map(|email| email.as_str()));
-        out.extend_from_slice(b",\"created_at\":");
-        encode::timestamp(out, &self.created_at);
-        out.extend_from_slice(b",\"updated_at\":");
-        encode::timestamp(out, &self.updated_at);
-        out.extend_from_slice(b",\"created_by\":");
-        encode::optional_string(out, self.created_by.as_deref());
-        out.extend_from_slice(b",\"updated_by\":");
-        encode::optional_string(out, self.updated_by.as_deref());
-        out.push(b'}');
+        write_user(out, &self.row());
     }
+}
+
+/// A user as [`User`]'s `ToJSON` writes it.
+fn write_user(out: &mut Vec<u8>, user: &UserRow<'_>) {
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(Decimal::new(user.id).as_bytes());
+    out.extend_from_slice(b",\"name\":");
+    encode::text_bytes(out, user.name);
+    out.extend_from_slice(b",\"role\":");
+    encode::text_bytes(out, user.role);
+    out.extend_from_slice(b",\"email\":");
+    encode::optional_text_bytes(out, user.email);
+    out.extend_from_slice(b",\"created_at\":");
+    encode::stamp(out, &user.created_at);
+    out.extend_from_slice(b",\"updated_at\":");
+    encode::stamp(out, &user.updated_at);
+    out.extend_from_slice(b",\"created_by\":");
+    encode::optional_text_bytes(out, user.created_by);
+    out.extend_from_slice(b",\"updated_by\":");
+    encode::optional_text_bytes(out, user.updated_by);
+    out.push(b'}');
 }
 
 /// The writable fields of a user: the body of `createUser` and `replaceUser`. Members not listed
@@ -222,18 +236,50 @@ pub struct UserPage {
     pub next_cursor: Option<String>,
 }
 
-impl EncodeJson for UserPage {
-    fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"items\":[");
-        for (index, user) in self.items.iter().enumerate() {
-            if index > 0 {
-                out.push(b',');
-            }
-            user.encode(out);
+/// A [`UserPage`]'s JSON body, written as `ToJSON` writes it while the page's rows are read
+/// (see `store::users::list`).
+pub struct PageBody {
+    out: Vec<u8>,
+    users: usize,
+}
+
+impl PageBody {
+    const ITEMS: &[u8] = b"{\"items\":[";
+
+    /// With room for `users` users: a user encodes to about 300 bytes, and a body that had
+    /// to grow would be copied each time its buffer doubled.
+    pub fn new(users: u64) -> Self {
+        let mut out = Vec::with_capacity(64 + 320 * users as usize);
+        out.extend_from_slice(Self::ITEMS);
+        PageBody { out, users: 0 }
+    }
+
+    /// The body; an error if a user's stored text was not UTF-8 (see `UserRow`).
+    pub fn finish(mut self, next_cursor: Option<&str>) -> Result<JsonText<UserPage>, AppError> {
+        self.out.extend_from_slice(b"],\"next_cursor\":");
+        encode::optional_string(&mut self.out, next_cursor);
+        self.out.push(b'}');
+        let body = String::from_utf8(self.out).map_err(|_| {
+            AppError::Database(DbErr::Type(
+                "a listed user's stored text is not UTF-8".into(),
+            ))
+        })?;
+        Ok(JsonText::replay(body))
+    }
+}
+
+impl ListedSink for PageBody {
+    fn user(&mut self, user: &UserRow<'_>) {
+        if self.users > 0 {
+            self.out.push(b',');
         }
-        out.extend_from_slice(b"],\"next_cursor\":");
-        encode::optional_string(out, self.next_cursor.as_deref());
-        out.push(b'}');
+        write_user(&mut self.out, user);
+        self.users += 1;
+    }
+
+    fn restart(&mut self) {
+        self.out.truncate(Self::ITEMS.len());
+        self.users = 0;
     }
 }
 
@@ -377,8 +423,7 @@ impl UsersApi {
         )]
         limit: Query<u64>,
         /// The `next_cursor` of the previous page; omit for the first page.
-        #[oai(validator(min_length = 1, max_length = 1024, pattern = "^[A-Za-z0-9_-]+$"))]
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<CursorText>>,
         /// Order: `id`, `name` or `created_at`, with a leading `-` for descending. Default `id`.
         sort: Query<Option<UserSort>>,
         /// Only users with exactly this role.
@@ -408,9 +453,11 @@ impl UsersApi {
             filter,
             sort: sort.0.map(Sort::from).unwrap_or_default(),
         };
-        let after = super::parse_cursor(cursor.0.as_deref(), &query)?;
-        let page = store::users::list(&state.reads, &query, after.as_ref(), limit.0).await?;
-        let next_cursor = page.next.map(|cursor| cursor.encode());
+        let after = super::parse_cursor(cursor.0.as_ref(), &query)?;
+        let mut body = PageBody::new(limit.0);
+        let next =
+            store::users::list(&state.reads, &query, after.as_ref(), limit.0, &mut body).await?;
+        let next_cursor = next.map(|cursor| cursor.encode());
         let link = next_cursor.as_deref().map(|cursor| {
             next_link(
                 &[
@@ -425,11 +472,8 @@ impl UsersApi {
                 cursor,
             )
         });
-        let items: Vec<User> = page.items.into_iter().map(User::from).collect();
-        // A user encodes to about 300 bytes.
-        let size = 64 + 320 * items.len();
         Ok(ListUsersResponse::Ok(
-            JsonText::sized(&UserPage { items, next_cursor }, size),
+            body.finish(next_cursor.as_deref())?,
             link,
         ))
     }
@@ -636,6 +680,30 @@ mod tests {
         for user in [&full, &sparse, &odd] {
             assert_eq!(encoded(user), user.to_json_string());
         }
+        // A page's rows carry their timestamps as stored, when stored as `to_rfc3339` writes.
+        let stored = [
+            "2026-11-24T09:30:00+00:00",
+            "2026-11-24T09:30:00.100+00:00",
+            "2026-11-24T09:30:00.000001+00:00",
+            "2026-11-24T09:30:00.123456789+00:00",
+        ];
+        let mut written = Vec::new();
+        for text in stored {
+            let at = DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+            let user = User {
+                created_at: at,
+                updated_at: at,
+                ..full.clone()
+            };
+            let mut row = user.row();
+            assert!(crate::timestamp::is_written(text.as_bytes()));
+            let stamp = Stamp::Written(text.as_bytes());
+            (row.created_at, row.updated_at) = (stamp, stamp);
+            let mut out = Vec::new();
+            write_user(&mut out, &row);
+            assert_eq!(String::from_utf8(out).unwrap(), user.to_json_string());
+            written.push(user);
+        }
         for page in [
             UserPage {
                 items: vec![full.clone(), sparse.clone(), odd.clone()],
@@ -649,8 +717,20 @@ mod tests {
                 items: Vec::new(),
                 next_cursor: None,
             },
+            UserPage {
+                items: written,
+                next_cursor: None,
+            },
         ] {
-            assert_eq!(encoded(&page), page.to_json_string());
+            // Written as the sink of a listing that started over once.
+            let mut body = PageBody::new(1);
+            body.user(&odd.row());
+            body.restart();
+            for user in &page.items {
+                body.user(&user.row());
+            }
+            let body = body.finish(page.next_cursor.as_deref()).unwrap();
+            assert_eq!(body.as_str(), page.to_json_string());
         }
     }
 }

@@ -30,6 +30,8 @@ use rusqlite::{
 };
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, sea_query::Value};
 
+use crate::timestamp::Stamp;
+
 /// The progress callback runs every this many virtual-machine steps...
 const STEPS_PER_CHECK: i32 = 1_000;
 /// ...and interrupts the statement on this call: 25,000 steps. Counted with SQLite's progress
@@ -146,23 +148,39 @@ impl InlineReads {
         statement: &Statement,
         from_row: fn(&Row) -> rusqlite::Result<T>,
     ) -> Option<Vec<T>> {
+        let mut rows = Vec::new();
+        let answered = self.each(statement, |row| {
+            rows.push(from_row(row)?);
+            Ok(())
+        });
+        answered.then_some(rows)
+    }
+
+    /// Runs `statement` and hands each row to `each`, as it is read; `false` when it has to
+    /// run on the pool instead (see the module's documentation), in which case `each` may
+    /// have seen some of the rows already.
+    pub fn each(
+        &self,
+        statement: &Statement,
+        each: impl FnMut(&Row) -> rusqlite::Result<()>,
+    ) -> bool {
         let outcome = self.take().map_err(Deferred::from).and_then(|read| {
             read.checks.store(0, Ordering::Relaxed);
-            let rows = run(&read.connection, statement, from_row);
+            let done = run(&read.connection, statement, each);
             self.put_back(read);
-            rows
+            done
         });
         let counter = match outcome {
-            Ok(_) => &self.answered,
+            Ok(()) => &self.answered,
             Err(_) => &self.deferred,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match outcome {
-            Ok(rows) => Some(rows),
-            Err(Deferred::Expected) => None,
+            Ok(()) => true,
+            Err(Deferred::Expected) => false,
             Err(Deferred::Unexpected(err)) => {
                 tracing::warn!(error = %err, "inline read failed; running it on the pool");
-                None
+                false
             }
         }
     }
@@ -189,11 +207,11 @@ impl From<rusqlite::Error> for Deferred {
     }
 }
 
-fn run<T>(
+fn run(
     connection: &Connection,
     statement: &Statement,
-    from_row: fn(&Row) -> rusqlite::Result<T>,
-) -> Result<Vec<T>, Deferred> {
+    mut each: impl FnMut(&Row) -> rusqlite::Result<()>,
+) -> Result<(), Deferred> {
     let values = match &statement.values {
         Some(values) => values.0.iter().map(bind).collect::<Option<Vec<_>>>(),
         None => Some(Vec::new()),
@@ -204,8 +222,11 @@ fn run<T>(
         ))
     })?;
     let mut prepared = connection.prepare_cached(&statement.sql)?;
-    let rows = prepared.query_map(rusqlite::params_from_iter(values), from_row)?;
-    Ok(rows.collect::<rusqlite::Result<Vec<T>>>()?)
+    let mut rows = prepared.query(rusqlite::params_from_iter(values))?;
+    while let Some(row) = rows.next()? {
+        each(row)?;
+    }
+    Ok(())
 }
 
 /// A query value as SQLite stores it, written as sqlx writes it (a timestamp as RFC 3339
@@ -248,6 +269,17 @@ pub fn timestamp(row: &Row, column: usize) -> rusqlite::Result<DateTime<Utc>> {
             format!("not a timestamp: {text:?}").into(),
         )
     })
+}
+
+/// A stored timestamp as its text when that is the text the API sends for it (as sqlx
+/// writes it, it is), and otherwise read as [`timestamp`] reads it.
+pub fn stamp<'r>(row: &'r Row<'_>, column: usize) -> rusqlite::Result<Stamp<'r>> {
+    if let ValueRef::Text(bytes) = row.get_ref(column)?
+        && crate::timestamp::is_written(bytes)
+    {
+        return Ok(Stamp::Written(bytes));
+    }
+    timestamp(row, column).map(Stamp::At)
 }
 
 /// The forms other than the one sqlx writes (which [`timestamp`] has already tried), by chrono.

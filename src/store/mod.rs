@@ -130,26 +130,17 @@ impl Reads {
         self.inline.as_deref()
     }
 
-    /// The backend the statements given to [`Reads::all`] must be built for.
+    /// The backend the statements given to [`Reads::pooled`] must be built for.
     pub fn backend(&self) -> DbBackend {
         self.pool.get_database_backend()
     }
 
-    /// The rows `statement` (built for [`Reads::backend`]) finds, as `T`s; `from_row` reads
-    /// one from SQLite when it runs inline.
-    pub async fn all<T>(
-        &self,
-        statement: Statement,
-        from_row: fn(&rusqlite::Row) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, DbErr>
+    /// The rows `statement` finds, read on the pool: every read on PostgreSQL, and on SQLite
+    /// one that could not run inline.
+    pub async fn pooled<T>(&self, statement: Statement) -> Result<Vec<T>, DbErr>
     where
         T: FromQueryResult + Send + Sync,
     {
-        if let Some(inline) = &self.inline
-            && let Some(rows) = inline.query(&statement, from_row)
-        {
-            return Ok(rows);
-        }
         T::find_by_statement(statement).all(&self.pool).await
     }
 

@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::helpers::{TestDb, acknowledged, spawn_app, spawn_app_with, spawn_writers};
+use crate::helpers::{
+    TestDb, acknowledged, assert_problem, spawn_app, spawn_app_with, spawn_writers,
+};
 
 #[tokio::test]
 async fn the_database_file_is_created_when_missing() {
@@ -105,43 +107,24 @@ async fn inline_reads_answer_what_the_pool_answers() {
                 sort: Sort::parse(sort).unwrap(),
             };
             // Walk every page of 4 both ways: the cursors taken from inline pages must lead
-            // where the pool's do.
+            // where the pool's do, and every page read inline must be the page the pool reads.
             let (mut after_inline, mut after_pool) = (None, None);
             let mut pages = 0;
             loop {
-                let statement = store::users::page_select(&query, after_inline.as_ref(), 5)
-                    .into_statement(DbBackend::Sqlite);
-                let direct = inline
-                    .query(&statement, store::users::listed_from_row)
-                    .expect("a small page runs inline");
-                let expected = store::users::page_select(&query, after_pool.as_ref(), 5)
-                    .all(&db)
-                    .await
-                    .unwrap();
-                // `name_search` is read for a name sort, whose next cursor needs it, only.
-                assert!(
-                    direct
-                        .iter()
-                        .all(|user| user.name_search.is_some() == sort.ends_with("name")),
-                    "sort={sort}"
-                );
+                let (answered, deferred) = inline.counts();
+                let (page, next) = listed(&reads, &query, after_inline.as_ref(), 4).await;
+                assert_eq!(inline.counts(), (answered + 1, deferred), "read inline");
+                let (pool_page, pool_next) = listed(&pool, &query, after_pool.as_ref(), 4).await;
                 assert_eq!(
-                    direct, expected,
+                    page, pool_page,
                     "sort={sort} filter={filter:?} page {pages}"
                 );
-                let page = store::users::list(&reads, &query, after_inline.as_ref(), 4)
-                    .await
-                    .unwrap();
-                let pool_page = store::users::list(&pool, &query, after_pool.as_ref(), 4)
-                    .await
-                    .unwrap();
-                assert_eq!(page.items, pool_page.items);
                 assert_eq!(
-                    page.next.as_ref().map(|c| c.encode()),
-                    pool_page.next.as_ref().map(|c| c.encode())
+                    next.as_ref().map(|c| c.encode()),
+                    pool_next.as_ref().map(|c| c.encode())
                 );
                 pages += 1;
-                match (page.next, pool_page.next) {
+                match (next, pool_next) {
                     (Some(a), Some(b)) => (after_inline, after_pool) = (Some(a), Some(b)),
                     _ => break,
                 }
@@ -175,6 +158,112 @@ async fn inline_reads_answer_what_the_pool_answers() {
     assert_eq!(
         inline.query(&short, |row| row.get::<_, i64>(0)),
         Some(vec![42])
+    );
+}
+
+/// A page's JSON body as `list` writes it, and its next cursor.
+async fn listed(
+    reads: &users_api::store::Reads,
+    query: &users_api::domain::ListQuery,
+    after: Option<&users_api::domain::Cursor>,
+    limit: u64,
+) -> (String, Option<users_api::domain::Cursor>) {
+    let mut body = users_api::api::users::PageBody::new(limit);
+    let next = users_api::store::users::list(reads, query, after, limit, &mut body)
+        .await
+        .unwrap();
+    (body.finish(None).unwrap().as_str().to_owned(), next)
+}
+
+/// A page whose read runs past the inline budget after some of its users were written out
+/// starts over on the pool, and holds each user once.
+#[tokio::test]
+async fn a_page_that_leaves_the_inline_path_midway_starts_over() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+    use users_api::{
+        domain::{ListQuery, Sort, UserFilter},
+        store::{self, Reads},
+    };
+
+    let app = spawn_app().await;
+    for name in ["Needle 1", "Needle 2", "Needle 3"] {
+        app.create_ok(&json!({"name": name, "role": "Dev"})).await;
+    }
+    let db = store::connect(&crate::helpers::db_args(&app.db.url))
+        .await
+        .unwrap();
+    // Enough users that don't match for the search to run past the budget of steps (about
+    // four a user scanned) once the first three matches have been handed over.
+    db.execute_raw(Statement::from_string(
+        DbBackend::Sqlite,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) \
+         INSERT INTO users (name, name_search, role, created_at, updated_at, version) \
+         SELECT 'Hay ' || i, 'hay ' || i, 'Dev', '2026-11-24T09:30:00+00:00', \
+                '2026-11-24T09:30:00+00:00', 1 FROM n",
+    ))
+    .await
+    .unwrap();
+    for name in ["Needle 4", "Needle 5", "Needle 6"] {
+        app.create_ok(&json!({"name": name, "role": "Dev"})).await;
+    }
+
+    let reads = Reads::new(&db).await.unwrap();
+    let inline = reads.inline().expect("a SQLite file is read inline");
+    let query = ListQuery {
+        filter: UserFilter::new(None, None, Some("needle"), None, None).unwrap(),
+        sort: Sort::parse("id").unwrap(),
+    };
+    let (answered, deferred) = inline.counts();
+    let (page, next) = listed(&reads, &query, None, 5).await;
+    assert_eq!(
+        inline.counts(),
+        (answered, deferred + 1),
+        "left the inline path"
+    );
+    let (pool_page, pool_next) = listed(&Reads::pool_only(&db), &query, None, 5).await;
+    assert_eq!(page, pool_page);
+    assert_eq!(next.map(|c| c.encode()), pool_next.map(|c| c.encode()));
+    let body: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let names: Vec<&str> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["Needle 1", "Needle 2", "Needle 3", "Needle 4", "Needle 5"]
+    );
+}
+
+/// Text stored around the API that is not UTF-8 is the server's fault: a page or a user that
+/// holds it is a logged 500 problem, never a panic or a body that is not JSON.
+#[tokio::test]
+async fn stored_text_that_is_not_utf8_is_a_server_error() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = spawn_app().await;
+    let id = app
+        .create_user_id(&json!({"name": "Ann", "role": "Dev"}))
+        .await;
+    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
+        .await
+        .unwrap();
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "UPDATE users SET name = CAST(x'416eff22' AS TEXT) WHERE id = ?",
+        [id.into()],
+    ))
+    .await
+    .unwrap();
+    for response in [app.list_users("").await, app.get_user(id).await] {
+        let problem = assert_problem(response, 500).await;
+        assert_eq!(problem["type"], "urn:users-api:problem:internal-error");
+    }
+    let logs = app.logs().await;
+    assert!(
+        logs.contains("a listed user's stored text is not UTF-8"),
+        "{logs}"
     );
 }
 

@@ -337,9 +337,13 @@ async fn page_size_defaults_to_50_and_is_capped_at_200() {
         "?limit=ten",
         "?cursor=bogus",
         "?cursor=djE6eA",
+        "?cursor=djE6%24Mg",
+        "?cursor=",
     ] {
         assert_problem(app.list_users(bad).await, 400).await;
     }
+    let long = format!("?cursor={}", "A".repeat(1025));
+    assert_problem(app.list_users(&long).await, 400).await;
 }
 
 #[tokio::test]
