@@ -426,8 +426,9 @@ pub fn listed_from_row<'r>(
         ValueRef::Null => Ok(None),
         _ => Err(rusqlite::Error::from(FromSqlError::InvalidType)),
     };
-    let text =
-        |column| optional_text(column)?.ok_or(rusqlite::Error::from(FromSqlError::InvalidType));
+    let text = |column| {
+        optional_text(column)?.ok_or_else(|| rusqlite::Error::from(FromSqlError::InvalidType))
+    };
     let user = UserRow {
         id: row.get(0)?,
         name: text(1)?,
