@@ -3,7 +3,7 @@
 
 Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
-scenario, prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+scenario (the reads also with `--sqlite-locking exclusive`), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, writes it as JSON, and stops every process it started.
 """
 
@@ -180,6 +180,15 @@ def main():
             results["90/10 get/patch"] = wrk(api.addr, "mix", args, key, users=args.users)
             peak_rss = api.peak_rss_kib()
             api.stop()
+
+            # The reads again, with the server holding the file alone.
+            exclusive = server(main_db, extra=["--sqlite-locking", "exclusive"])
+            started.append(exclusive)
+            results["GET /users/{id}, --sqlite-locking exclusive"] = wrk(
+                exclusive.addr, "get", args, key, users=args.users)
+            results["GET /users (50), --sqlite-locking exclusive"] = wrk(
+                exclusive.addr, "list", args, key, path="/api/v1/users?limit=50")
+            exclusive.stop()
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)

@@ -125,6 +125,12 @@ pub struct DbArgs {
     /// this size. Without it, steady writes would grow the log without end.
     #[arg(long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub sqlite_wal_limit_mib: u32,
+    /// Who may open the SQLite file while this process has it: `shared` lets other processes
+    /// in too (the `keys` commands while the server runs, `sqlite3`, a backup); `exclusive`
+    /// keeps them out for the process's lifetime, which spares every read its file-lock system
+    /// calls (GET by id: about 15% more requests a second).
+    #[arg(long, global = true, env = "SQLITE_LOCKING", value_enum, default_value_t = SqliteLocking::Shared)]
+    pub sqlite_locking: SqliteLocking,
     /// At start, how long to keep retrying a database that is not up yet, in seconds.
     #[arg(
         long,
@@ -256,6 +262,12 @@ impl OAuthArgs {
 pub enum SqliteSync {
     Normal,
     Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteLocking {
+    Shared,
+    Exclusive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

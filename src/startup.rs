@@ -364,7 +364,7 @@ pub(crate) async fn app_state(
     spawn_idempotency_purge(db.clone());
     Ok(AppState {
         db: db.clone(),
-        reads: store::Reads::new(db).await?,
+        reads: store::Reads::new(db, db_args.sqlite_locking).await?,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage,

@@ -24,7 +24,7 @@ use sea_orm::{
 use self::inline_reads::InlineReads;
 
 use crate::{
-    config::{DbArgs, SqliteSync},
+    config::{DbArgs, SqliteLocking, SqliteSync},
     domain::Cursor,
     error::AppError,
 };
@@ -36,12 +36,50 @@ use crate::{
 /// foreign keys are enforced as on other backends. For PostgreSQL: a statement timeout keeps a
 /// stuck query from holding a connection forever.
 pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
+    refuse_if_held(&settings.database_url)?;
     // Two at least: start-up holds one for the migration lock while migrating on another.
     let mut options = options(settings, settings.db_max_connections.max(2), None);
     if settings.db_statement_timeout_secs > 0 {
         options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
     }
     Database::connect(options).await
+}
+
+/// Fails at once, with the reason, if another process holds the SQLite file alone (a server
+/// with `--sqlite-locking exclusive`). Left to the pool, every connection attempt would wait
+/// out its busy timeout and the caller would retry for `--db-startup-wait-secs`, to report a
+/// pool timeout in the end.
+fn refuse_if_held(url: &str) -> Result<(), DbErr> {
+    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
+    let Some(options) = url
+        .starts_with("sqlite:")
+        .then(|| url.parse::<SqliteConnectOptions>().ok())
+        .flatten()
+    else {
+        return Ok(());
+    };
+    let path = options.get_filename();
+    if !path.is_file() {
+        return Ok(()); // Not created yet, or in memory.
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let read = rusqlite::Connection::open_with_flags(path, flags).and_then(|connection| {
+        // Long enough to ride out another process's brief exclusive moments (a recovery).
+        connection.busy_timeout(Duration::from_secs(1))?;
+        connection.query_row("PRAGMA schema_version", [], |_| Ok(()))
+    });
+    match read {
+        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            Err(DbErr::Custom(format!(
+                "{} is held by another process, which keeps every other one out (a server \
+                 started with --sqlite-locking exclusive?): stop it, or use the HTTP API",
+                path.display()
+            )))
+        }
+        // Anything else is for the pool to meet and report.
+        _ => Ok(()),
+    }
 }
 
 /// The one connection through which a SQLite database's group commit writes users (see
@@ -69,6 +107,7 @@ fn options(settings: &DbArgs, connections: u32, statements: Option<usize>) -> Co
     };
     let acquire = Duration::from_secs(settings.db_acquire_timeout_secs.max(1));
     let wal_limit = wal_limit_bytes(settings);
+    let locking = settings.sqlite_locking;
     options
         .sqlx_logging(false)
         .max_connections(connections)
@@ -88,6 +127,10 @@ fn options(settings: &DbArgs, connections: u32, statements: Option<usize>) -> Co
                 // sqlx's SQLite worker hands rows over a channel; one that holds a whole page
                 // (at most 201 rows) lets a query finish without a thread hand-off per row.
                 .row_buffer_size(256);
+            let sqlite = match locking {
+                SqliteLocking::Shared => sqlite,
+                SqliteLocking::Exclusive => sqlite.vfs(inline_reads::EXCLUSIVE_VFS),
+            };
             match statements {
                 Some(statements) => sqlite.statement_cache_capacity(statements),
                 None => sqlite,
@@ -111,10 +154,12 @@ pub struct Reads {
 }
 
 impl Reads {
-    pub async fn new(pool: &DatabaseConnection) -> Result<Self, DbErr> {
+    /// `locking` is the `--sqlite-locking` the pool was opened with: the inline connections
+    /// must open the file the same way.
+    pub async fn new(pool: &DatabaseConnection, locking: SqliteLocking) -> Result<Self, DbErr> {
         Ok(Reads {
             pool: pool.clone(),
-            inline: InlineReads::for_database(pool).await?,
+            inline: InlineReads::for_database(pool, locking).await?,
         })
     }
 

@@ -57,8 +57,6 @@ fn postgres_admin(sql: String) {
     .expect("PostgreSQL admin statement");
 }
 
-/// A fresh database that outlives server processes, so a test can restart the server on it:
-/// a temp SQLite file, or a PostgreSQL database of its own, dropped afterwards.
 /// Settings for opening the store directly, bypassing the server.
 pub fn db_args(url: &str) -> users_api::config::DbArgs {
     users_api::config::DbArgs {
@@ -70,9 +68,12 @@ pub fn db_args(url: &str) -> users_api::config::DbArgs {
         db_startup_wait_secs: 5,
         sqlite_synchronous: users_api::config::SqliteSync::Normal,
         sqlite_wal_limit_mib: 64,
+        sqlite_locking: users_api::config::SqliteLocking::Shared,
     }
 }
 
+/// A fresh database that outlives server processes, so a test can restart the server on it:
+/// a temp SQLite file, or a PostgreSQL database of its own, dropped afterwards.
 pub struct TestDb {
     _dir: Option<TempDir>,
     pub url: String,
@@ -105,19 +106,24 @@ impl TestDb {
         }
     }
 
-    /// Runs a CLI subcommand against this database.
+    /// Runs a CLI subcommand against this database; it must succeed.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let output = command()
-            .args(args)
-            .env("DATABASE_URL", &self.url)
-            .output()
-            .expect("run users-api");
+        let output = self.cli_output(args);
         assert!(
             output.status.success(),
             "users-api {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         output
+    }
+
+    /// Runs a CLI subcommand against this database, whatever its outcome.
+    pub fn cli_output(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .output()
+            .expect("run users-api")
     }
 
     /// Creates a key with `keys create` and returns its id and secret (the last stdout line).

@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use crate::helpers::{
-    TestDb, acknowledged, assert_problem, spawn_app, spawn_app_with, spawn_writers,
+    TestDb, acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_app_with,
+    spawn_writers, start,
 };
 
 #[tokio::test]
@@ -87,7 +88,9 @@ async fn inline_reads_answer_what_the_pool_answers() {
     let db = store::connect(&crate::helpers::db_args(&app.db.url))
         .await
         .unwrap();
-    let reads = Reads::new(&db).await.unwrap();
+    let reads = Reads::new(&db, users_api::config::SqliteLocking::Shared)
+        .await
+        .unwrap();
     let inline = reads.inline().expect("a SQLite file is read inline");
     let pool = Reads::pool_only(&db);
 
@@ -207,7 +210,9 @@ async fn a_page_that_leaves_the_inline_path_midway_starts_over() {
         app.create_ok(&json!({"name": name, "role": "Dev"})).await;
     }
 
-    let reads = Reads::new(&db).await.unwrap();
+    let reads = Reads::new(&db, users_api::config::SqliteLocking::Shared)
+        .await
+        .unwrap();
     let inline = reads.inline().expect("a SQLite file is read inline");
     let query = ListQuery {
         filter: UserFilter::new(None, None, Some("needle"), None, None).unwrap(),
@@ -265,6 +270,54 @@ async fn stored_text_that_is_not_utf8_is_a_server_error() {
         logs.contains("a listed user's stored text is not UTF-8"),
         "{logs}"
     );
+}
+
+/// `--sqlite-locking exclusive`: the server holds the file alone while it runs (other
+/// processes, the key commands included, are refused), serves as it does in shared mode, and
+/// every write it acknowledged is there for the next process after a kill -9, though the WAL
+/// index lived in its memory.
+#[tokio::test]
+async fn exclusive_locking_holds_the_file_alone_and_loses_nothing() {
+    let exclusive = ["--sqlite-locking", "exclusive", "--rate-limit", "0"];
+    let app = spawn_app_with(&exclusive).await;
+    let ann = app
+        .create_ok(&json!({"name": "Ann", "role": "Dev", "email": "ann@example.com"}))
+        .await;
+    let id = ann["id"].as_i64().unwrap();
+    let fetched: serde_json::Value = app.get_user(id).await.json().await.unwrap();
+    assert_eq!(fetched, ann);
+    let page: serde_json::Value = app.list_users("").await.json().await.unwrap();
+    assert_eq!(page["items"][0], ann);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("users_api_sqlite_inline_reads_total{outcome=\"answered\"} "),
+        "{metrics}"
+    );
+
+    let refused = app.db.cli_output(&["keys", "list"]);
+    assert!(!refused.status.success(), "another process opened the file");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("held by another process"), "{stderr}");
+
+    let (db, key) = (app.db.clone(), app.key.clone());
+    let writers = spawn_writers(&app, 8, None);
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::task::spawn_blocking(move || app.kill9())
+        .await
+        .unwrap();
+    let acknowledged = acknowledged(writers).await;
+    assert!(
+        acknowledged.len() > 20,
+        "the load ran: {}",
+        acknowledged.len()
+    );
+
+    // The next process, in shared mode, finds every acknowledged write, and lets the key
+    // commands in beside it.
+    let app = start(db, key, &["--rate-limit", "0"]).await;
+    assert_all_stored(&app, &acknowledged).await;
+    assert_eq!(app.stored(&ann).await, ann);
+    app.db.cli(&["keys", "list"]);
 }
 
 /// Whether reads run inline or fall back to the pool is visible to operators.
