@@ -5,8 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    acknowledged, assert_all_stored, spawn_app, spawn_app_with, spawn_updaters, spawn_writers,
-    start,
+    assert_all_stored, kill9_under_creates, spawn_app, spawn_app_with, spawn_updaters, start,
 };
 
 #[tokio::test]
@@ -15,21 +14,7 @@ async fn every_acknowledged_create_survives_kill_9() {
     // this load, so the kill can land on a WAL that was started over and cut back. No rate
     // limit: reading every acknowledged user back would otherwise exceed it on a fast machine.
     let unlimited = ["--sqlite-wal-limit-mib", "1", "--rate-limit", "0"];
-    let app = spawn_app_with(&unlimited).await;
-    let (db, key) = (app.db.clone(), app.key.clone());
-    // Eight concurrent writers: on SQLite their creates share group commits.
-    let writers = spawn_writers(&app, 8, None);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    tokio::task::spawn_blocking(move || app.kill9())
-        .await
-        .unwrap();
-    let acknowledged = acknowledged(writers).await;
-    assert!(
-        acknowledged.len() > 20,
-        "the load ran: {} writes",
-        acknowledged.len()
-    );
-
+    let (db, key, acknowledged) = kill9_under_creates(spawn_app_with(&unlimited).await).await;
     let app = start(db, key, &unlimited).await;
     assert_all_stored(&app, &acknowledged).await;
 }

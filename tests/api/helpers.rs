@@ -267,6 +267,25 @@ pub async fn acknowledged(writers: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> 
     all
 }
 
+/// Kills the server with SIGKILL while eight clients create users on it (on SQLite their
+/// creates share group commits), and returns its database, its key and every user a client
+/// got a 201 for.
+pub async fn kill9_under_creates(app: TestApp) -> (Arc<TestDb>, String, Vec<Value>) {
+    let (db, key) = (app.db.clone(), app.key.clone());
+    let writers = spawn_writers(&app, 8, None);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::spawn_blocking(move || app.kill9())
+        .await
+        .unwrap();
+    let acknowledged = acknowledged(writers).await;
+    assert!(
+        acknowledged.len() > 20,
+        "the load ran: {} writes",
+        acknowledged.len()
+    );
+    (db, key, acknowledged)
+}
+
 /// Each of `users` is stored exactly as it was acknowledged.
 pub async fn assert_all_stored(app: &TestApp, users: &[Value]) {
     for user in users {

@@ -3,8 +3,8 @@
 use serde_json::json;
 
 use crate::helpers::{
-    TestDb, acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_app_with,
-    spawn_writers, start,
+    TestDb, acknowledged, assert_all_stored, assert_problem, kill9_under_creates, spawn_app,
+    spawn_app_with, spawn_writers, start,
 };
 
 #[tokio::test]
@@ -299,18 +299,7 @@ async fn exclusive_locking_holds_the_file_alone_and_loses_nothing() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("held by another process"), "{stderr}");
 
-    let (db, key) = (app.db.clone(), app.key.clone());
-    let writers = spawn_writers(&app, 8, None);
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    tokio::task::spawn_blocking(move || app.kill9())
-        .await
-        .unwrap();
-    let acknowledged = acknowledged(writers).await;
-    assert!(
-        acknowledged.len() > 20,
-        "the load ran: {}",
-        acknowledged.len()
-    );
+    let (db, key, acknowledged) = kill9_under_creates(app).await;
 
     // The next process, in shared mode, finds every acknowledged write, and lets the key
     // commands in beside it.
