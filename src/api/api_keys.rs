@@ -11,9 +11,9 @@ use poem_openapi::{
 };
 use serde_json::Value;
 
-use super::cursor_param::CursorText;
 use super::{
     ApiTags,
+    cursor_param::CursorText,
     payload::{BodySchema, JsonBody},
     problem::{ApiResult, CreateErrors, ListErrors, OneErrors, RevokeErrors},
 };

@@ -140,13 +140,8 @@ pub struct JsonText<T> {
 
 impl<T: EncodeJson> JsonText<T> {
     pub fn new(value: &T) -> Self {
-        Self::sized(value, 512)
-    }
-
-    /// With room for `bytes` reserved up front, so a large body (a page) is not copied as
-    /// its buffer doubles.
-    pub fn sized(value: &T, bytes: usize) -> Self {
-        let mut body = Vec::with_capacity(bytes);
+        // Room for a user, so its buffer never regrows (a page has `PageBody`).
+        let mut body = Vec::with_capacity(512);
         value.encode(&mut body);
         Self::replay(String::from_utf8(body).expect("encoded from valid UTF-8 pieces"))
     }

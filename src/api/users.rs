@@ -11,10 +11,10 @@ use poem_openapi::{
 use sea_orm::DbErr;
 use serde_json::Value;
 
-use super::cursor_param::CursorText;
 use super::{
     API_PREFIX, ApiTags,
     conditional::{etag, expected_version, none_match},
+    cursor_param::CursorText,
     encode::{self, Decimal, EncodeJson},
     payload::{BodySchema, JsonBody, JsonText},
     problem::{ApiResult, CreateErrors, DeleteErrors, ListErrors, OneErrors, WriteOneErrors},
