@@ -45,8 +45,8 @@ const MAX_IDLE: usize = 8;
 /// The VFS with which a process holds its SQLite file alone (`--sqlite-locking exclusive`):
 /// it locks the file once, for its lifetime, and keeps the WAL index in its own memory instead
 /// of a shared `-shm` file. Every read transaction otherwise locks and unlocks a byte of that
-/// file with `fcntl(2)` under a mutex of SQLite's; under load on two threads that was 15–20% of
-/// the server's CPU for a GET by id (perf), most of it in the system calls and in threads
+/// file with `fcntl(2)` under a mutex of SQLite's; under a GET-by-id load on two threads that
+/// lock took 11% of the server's CPU (perf), most of it in the system calls and in threads
 /// waiting on each other for the mutex.
 pub const EXCLUSIVE_VFS: &str = "unix-excl";
 
