@@ -38,10 +38,7 @@ pub fn text_bytes(out: &mut Vec<u8>, text: &[u8]) {
         }
         return;
     }
-    out.reserve(text.len() + 2);
-    out.push(b'"');
-    out.extend_from_slice(text);
-    out.push(b'"');
+    quoted(out, text);
 }
 
 /// [`text_bytes`], or `null`.
@@ -68,7 +65,7 @@ pub fn stamp(out: &mut Vec<u8>, stamp: &Stamp<'_>) {
     }
 }
 
-/// `text` in quotes, for text known to hold nothing JSON escapes (a timestamp).
+/// `text` in quotes, for text known to hold nothing JSON escapes.
 fn quoted(out: &mut Vec<u8>, text: &[u8]) {
     out.reserve(text.len() + 2);
     out.push(b'"');

@@ -584,10 +584,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        let [ann, _, cy, dee] = ids[..] else {
-            panic!("{:?}", outcomes.iter().map(describe).collect::<Vec<_>>());
-        };
         let described: Vec<_> = outcomes.iter().map(describe).collect();
+        let [ann, _, cy, dee] = ids[..] else {
+            panic!("{described:?}");
+        };
         assert_eq!(
             described,
             [

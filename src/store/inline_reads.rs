@@ -28,7 +28,7 @@ use rusqlite::{
     config::DbConfig,
     types::{Type, Value as SqliteValue, ValueRef},
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, sea_query::Value};
+use sea_orm::{DatabaseConnection, DbErr, Statement, sea_query::Value};
 
 use crate::{config::SqliteLocking, timestamp::Stamp};
 
@@ -81,24 +81,11 @@ impl InlineReads {
         db: &DatabaseConnection,
         locking: SqliteLocking,
     ) -> Result<Option<Arc<Self>>, DbErr> {
-        if db.get_database_backend() != DbBackend::Sqlite {
+        let Some(path) = super::database_file(db).await? else {
             return Ok(None);
-        }
-        let row = db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Sqlite,
-                "SELECT file FROM pragma_database_list WHERE name = 'main'",
-            ))
-            .await?;
-        let file: String = match row {
-            Some(row) => row.try_get("", "file")?,
-            None => return Ok(None),
         };
-        if file.is_empty() {
-            return Ok(None);
-        }
         let reads = InlineReads {
-            path: PathBuf::from(file),
+            path,
             locking,
             idle: Mutex::new(Vec::new()),
             answered: AtomicU64::new(0),

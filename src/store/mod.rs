@@ -8,6 +8,7 @@ pub mod rate_limits;
 pub mod users;
 
 use std::{
+    path::PathBuf,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -215,6 +216,23 @@ impl Reads {
     }
 }
 
+/// The file of a SQLite database; `None` on other backends and for a database that lives
+/// only in memory.
+pub async fn database_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, DbErr> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return Ok(None);
+    }
+    let main = Statement::from_string(
+        DbBackend::Sqlite,
+        "SELECT file FROM pragma_database_list WHERE name = 'main'",
+    );
+    let file: String = match db.query_one_raw(main).await? {
+        Some(row) => row.try_get("", "file")?,
+        None => return Ok(None),
+    };
+    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
+}
+
 /// Keeps a SQLite WAL short without making writes wait for it, and near
 /// `--sqlite-wal-limit-mib` under steady writes.
 ///
@@ -239,7 +257,7 @@ impl Reads {
 /// frames to copy, and met the background checkpoint: 27 ms a restart (median), against 5.6.)
 pub struct WalLimit {
     /// `None` for a database with no file (in memory).
-    wal: Option<std::path::PathBuf>,
+    wal: Option<PathBuf>,
     limit: u64,
     checkpoints: Arc<Checkpoints>,
     /// A background checkpoint was asked for; the restart follows it.
@@ -264,14 +282,13 @@ impl WalLimit {
     ) -> Result<Self, DbErr> {
         let checkpoints = Arc::new(Checkpoints::default());
         tokio::spawn(checkpoint(pool.clone(), checkpoints.clone()));
-        let list = Statement::from_string(DbBackend::Sqlite, "PRAGMA database_list");
-        // The first row is the main database: (seq, name, file).
-        let file: String = match writer.query_one_raw(list).await? {
-            Some(row) => row.try_get_by_index(2)?,
-            None => String::new(),
-        };
+        let file = database_file(writer).await?;
         Ok(WalLimit {
-            wal: (!file.is_empty()).then(|| format!("{file}-wal").into()),
+            wal: file.map(|file| {
+                let mut wal = file.into_os_string();
+                wal.push("-wal");
+                PathBuf::from(wal)
+            }),
             limit: wal_limit_bytes(settings),
             checkpoints,
             asked: false,
