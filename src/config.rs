@@ -159,6 +159,10 @@ pub struct ServeArgs {
     /// Most API keys kept in that cache.
     #[arg(long, env = "KEY_CACHE_CAPACITY", default_value_t = 10_000)]
     pub key_cache_capacity: usize,
+    /// Most users whose representation (body and ETag) is kept for GET by id, on SQLite: kept
+    /// only while the database has not changed since it was read, so never stale. 0: off.
+    #[arg(long, env = "USER_CACHE_CAPACITY", default_value_t = 4_096)]
+    pub user_cache_capacity: usize,
     /// How often API-key `last_used_at` times are written to the database, in seconds.
     #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
     pub key_usage_flush_secs: u64,

@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by operation and status, latency, pool use, inline SQLite
-//! reads, rate-limit refusals.
+//! reads, user-cache lookups, rate-limit refusals.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use sea_orm::DatabaseConnection;
 
-use crate::store::Reads;
+use crate::{api::users::UserCache, store::Reads};
 
 /// This process's metrics; each instance is scraped on its own.
 pub struct Metrics {
@@ -18,8 +18,10 @@ pub struct Metrics {
     latency: HistogramVec,
     pool: IntGaugeVec,
     inline_reads: IntCounterVec,
-    /// Held while `inline_reads` catches up, so concurrent scrapes do not both add a difference.
-    inline_catch_up: Mutex<()>,
+    user_cache: IntCounterVec,
+    /// Held while the counters kept elsewhere (`inline_reads`, `user_cache`) catch up, so
+    /// concurrent scrapes do not both add a difference.
+    catch_up: Mutex<()>,
     rate_limited: IntCounter,
 }
 
@@ -66,6 +68,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let user_cache = IntCounterVec::new(
+            Opts::new(
+                "user_cache_lookups_total",
+                "GET-by-id lookups of the user cache: answered from it, or read from the database",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let rate_limited = IntCounter::new(
             "rate_limit_rejections_total",
             "Requests refused with 429 (rate limited)",
@@ -76,6 +86,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(pool.clone()),
             Box::new(inline_reads.clone()),
+            Box::new(user_cache.clone()),
             Box::new(rate_limited.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -86,7 +97,8 @@ impl Metrics {
             latency,
             pool,
             inline_reads,
-            inline_catch_up: Mutex::new(()),
+            user_cache,
+            catch_up: Mutex::new(()),
             rate_limited,
         }
     }
@@ -104,30 +116,44 @@ impl Metrics {
     }
 
     /// The text exposition, with point-in-time gauges read now.
-    pub fn render(&self, db: &DatabaseConnection, reads: &Reads) -> String {
+    pub fn render(
+        &self,
+        db: &DatabaseConnection,
+        reads: &Reads,
+        user_cache: Option<&UserCache>,
+    ) -> String {
         let (size, idle) = pool_size(db);
         self.pool
             .with_label_values(&["in_use"])
             .set((size as usize).saturating_sub(idle) as i64);
         self.pool.with_label_values(&["idle"]).set(idle as i64);
+        // The reads and the cache count themselves (no metrics handle on the hot path); the
+        // counters catch up to them here.
+        let _turn = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(inline) = reads.inline() {
-            // The reads count themselves (no metrics handle on the hot path); the counters
-            // catch up to them here.
-            let _turn = self
-                .inline_catch_up
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
             let (answered, deferred) = inline.counts();
-            for (outcome, total) in [("answered", answered), ("deferred", deferred)] {
-                let counter = self.inline_reads.with_label_values(&[outcome]);
-                counter.inc_by(total.saturating_sub(counter.get()));
-            }
+            catch_up(
+                &self.inline_reads,
+                [("answered", answered), ("deferred", deferred)],
+            );
+        }
+        if let Some(cache) = user_cache {
+            let (hits, misses) = cache.counts();
+            catch_up(&self.user_cache, [("hit", hits), ("miss", misses)]);
         }
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into memory");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// Moves each outcome's counter up to the total counted elsewhere.
+fn catch_up(counters: &IntCounterVec, totals: [(&str, u64); 2]) {
+    for (outcome, total) in totals {
+        let counter = counters.with_label_values(&[outcome]);
+        counter.inc_by(total.saturating_sub(counter.get()));
     }
 }
 

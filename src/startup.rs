@@ -23,6 +23,7 @@ use crate::{
     api::{
         self, API_PREFIX,
         edge::{AllowTable, Edge, render_errors},
+        users::UserCache,
     },
     auth::{OAUTH_FLOW_URLS, audit, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
@@ -44,6 +45,8 @@ pub struct AppState {
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
     pub key_cache: Arc<KeyCache>,
+    /// Users as GET by id last sent them, on SQLite (see `store::read_cache`).
+    pub user_cache: Option<Arc<UserCache>>,
     /// User writes (creates, updates, deletes), committed in batches on SQLite (see
     /// `store::group_commit`).
     pub writes: Writes,
@@ -362,9 +365,15 @@ pub(crate) async fn app_state(
         limiter
     });
     spawn_idempotency_purge(db.clone());
+    let reads = store::Reads::new(db, db_args.sqlite_locking).await?;
+    let user_cache = reads
+        .inline_shared()
+        .and_then(|inline| UserCache::new(inline, args.user_cache_capacity))
+        .map(Arc::new);
     Ok(AppState {
         db: db.clone(),
-        reads: store::Reads::new(db, db_args.sqlite_locking).await?,
+        reads,
+        user_cache,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage,

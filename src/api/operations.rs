@@ -112,8 +112,10 @@ impl OperationsApi {
                 return Err(AppError::InvalidToken("the metrics token is wrong".into()).into());
             }
         }
-        Ok(MetricsResponse::Ok(PlainText(
-            state.metrics.render(&state.db, &state.reads),
-        )))
+        Ok(MetricsResponse::Ok(PlainText(state.metrics.render(
+            &state.db,
+            &state.reads,
+            state.user_cache.as_deref(),
+        ))))
     }
 }

@@ -1,6 +1,7 @@
 //! `JsonBody`: a JSON request payload whose schema is documented from a poem-openapi type but
 //! whose validation is ours, so every rejected field comes back in one problem with a pointer.
 
+use bytes::Bytes;
 use poem::{Request, RequestBody, error::ReadBodyError, http::header};
 use poem_openapi::{
     impl_apirequest_for_payload,
@@ -127,14 +128,15 @@ fn canonical_json(value: &Value) -> String {
 }
 
 /// A JSON response body as text, documented with the schema of `T`: encoded straight from `T`
-/// (see `encode`), or recorded earlier and replayed byte for byte (an idempotent retry).
+/// (see `encode`), or recorded earlier and replayed byte for byte (an idempotent retry, a
+/// cached user). Held as `Bytes`, so a kept body is sent without a copy.
 ///
 /// poem-openapi's `Json` builds a `serde_json::Value` tree first (an ordered, hashed map per
 /// object) and then encodes that; for a page of users the tree cost more than the query
 /// (measured: a third of the CPU of a 50-user page). Types sent this way write exactly what
 /// their `ToJSON` writes, which their tests check.
 pub struct JsonText<T> {
-    body: String,
+    body: Bytes,
     _schema: std::marker::PhantomData<T>,
 }
 
@@ -148,15 +150,20 @@ impl<T: EncodeJson> JsonText<T> {
 }
 
 impl<T> JsonText<T> {
-    pub fn replay(body: String) -> Self {
+    /// A body encoded earlier: JSON text, so UTF-8.
+    pub fn replay(body: impl Into<Bytes>) -> Self {
         Self {
-            body,
+            body: body.into(),
             _schema: std::marker::PhantomData,
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.body
+        std::str::from_utf8(&self.body).expect("JSON text is UTF-8")
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.body
     }
 }
 

@@ -30,6 +30,7 @@ use rusqlite::{
 };
 use sea_orm::{DatabaseConnection, DbErr, Statement, sea_query::Value};
 
+use super::wal_index::{CommitStamp, WalIndex};
 use crate::{config::SqliteLocking, timestamp::Stamp};
 
 /// The progress callback runs every this many virtual-machine steps...
@@ -55,6 +56,8 @@ pub struct InlineReads {
     path: PathBuf,
     locking: SqliteLocking,
     idle: Mutex<Vec<ReadConnection>>,
+    /// Where commits show, for caches of what is read here; `None` if it could not be mapped.
+    wal_index: Option<WalIndex>,
     /// Statements answered here, and handed to the pool (for the metrics).
     answered: AtomicU64,
     deferred: AtomicU64,
@@ -84,10 +87,11 @@ impl InlineReads {
         let Some(path) = super::database_file(db).await? else {
             return Ok(None);
         };
-        let reads = InlineReads {
+        let mut reads = InlineReads {
             path,
             locking,
             idle: Mutex::new(Vec::new()),
+            wal_index: None,
             answered: AtomicU64::new(0),
             deferred: AtomicU64::new(0),
         };
@@ -96,6 +100,12 @@ impl InlineReads {
             .open()
             .map_err(|err| DbErr::Custom(format!("opening a read connection: {err}")))?;
         reads.put_back(first);
+        // Without it, reads are simply never cached.
+        reads.wal_index = reads
+            .open()
+            .and_then(|read| WalIndex::map(read.connection))
+            .inspect_err(|err| tracing::warn!(error = %err, "reads will not be cached"))
+            .ok();
         Ok(Some(Arc::new(reads)))
     }
 
@@ -200,6 +210,12 @@ impl InlineReads {
                 false
             }
         }
+    }
+
+    /// The state of the database's commits now (see `wal_index`): while it stays the same,
+    /// so does everything read here. `None` when it cannot be known.
+    pub fn commit_stamp(&self) -> Option<CommitStamp> {
+        self.wal_index.as_ref().and_then(WalIndex::stamp)
     }
 
     /// Statements answered inline and statements handed to the pool, since start.

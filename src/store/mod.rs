@@ -5,7 +5,9 @@ pub mod group_commit;
 pub mod idempotency;
 pub mod inline_reads;
 pub mod rate_limits;
+pub mod read_cache;
 pub mod users;
+pub mod wal_index;
 
 use std::{
     path::PathBuf,
@@ -174,6 +176,11 @@ impl Reads {
 
     pub fn inline(&self) -> Option<&InlineReads> {
         self.inline.as_deref()
+    }
+
+    /// The inline reads, to share with a cache of what they read (see `read_cache`).
+    pub fn inline_shared(&self) -> Option<Arc<InlineReads>> {
+        self.inline.clone()
     }
 
     /// The backend the statements given to [`Reads::pooled`] must be built for.

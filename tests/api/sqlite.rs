@@ -313,19 +313,134 @@ async fn exclusive_locking_holds_the_file_alone_and_loses_nothing() {
 #[tokio::test]
 async fn inline_reads_are_counted_in_the_metrics() {
     let app = spawn_app().await;
-    let user = app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
+    app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
     for _ in 0..3 {
-        let response = app.get_user(user["id"].as_i64().unwrap()).await;
-        assert_eq!(response.status(), 200);
+        assert_eq!(app.list_users("").await.status(), 200);
     }
     let metrics = app.metrics().await;
-    let answered: u64 = metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("users_api_sqlite_inline_reads_total{outcome=\"answered\"} ")
-        })
-        .expect("the inline reads counter")
-        .parse()
-        .unwrap();
+    let answered = counter(
+        &metrics,
+        "users_api_sqlite_inline_reads_total{outcome=\"answered\"}",
+    );
     assert!(answered >= 3, "{metrics}");
+}
+
+/// A counter's value in a metrics text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+const CACHE_HITS: &str = "users_api_user_cache_lookups_total{outcome=\"hit\"}";
+
+/// GET by id answers from the user cache while nothing has changed, with the same response
+/// as from the database; and the next GET after any change sees it, whether it went through
+/// the API or another process wrote it straight into the file.
+#[tokio::test]
+async fn cached_users_are_the_stored_ones_whoever_writes() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = spawn_app().await;
+    let id = app
+        .create_user_id(&json!({"name": "Ann", "role": "Dev"}))
+        .await;
+    let read = app.get_user(id).await;
+    let (headers, body) = (read.headers().clone(), read.text().await.unwrap());
+    let cached = app.get_user(id).await;
+    assert_eq!(cached.headers()["etag"], headers["etag"]);
+    assert_eq!(cached.headers()["content-type"], headers["content-type"]);
+    assert_eq!(cached.headers()["cache-control"], headers["cache-control"]);
+    assert_eq!(cached.text().await.unwrap(), body);
+    assert!(counter(&app.metrics().await, CACHE_HITS) >= 1);
+
+    let response = app.update_user(id, &json!({"name": "Bea"})).await;
+    assert_eq!(response.status(), 200);
+    let etag = response.headers()["etag"].clone();
+    let read = app.get_user(id).await;
+    assert_eq!(read.headers()["etag"], etag);
+    let user: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(user["name"], "Bea");
+
+    // This test's process is not the server's: it writes through its own connection.
+    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
+        .await
+        .unwrap();
+    let sql = |sql: &str| Statement::from_sql_and_values(DbBackend::Sqlite, sql, [id.into()]);
+    app.get_user(id).await;
+    db.execute_raw(sql(
+        "UPDATE users SET name = 'Cy', version = version + 1 WHERE id = ?",
+    ))
+    .await
+    .unwrap();
+    let read = app.get_user(id).await;
+    assert_ne!(read.headers()["etag"], etag);
+    let user: serde_json::Value = read.json().await.unwrap();
+    assert_eq!(user["name"], "Cy");
+    app.get_user(id).await;
+    db.execute_raw(sql("DELETE FROM users WHERE id = ?"))
+        .await
+        .unwrap();
+    assert_problem(app.get_user(id).await, 404).await;
+}
+
+/// Reads racing writes, in both locking modes: while clients GET a user without pause, every
+/// PATCH is seen by the GET sent after its 200, and no client ever sees the user's version
+/// go back.
+#[tokio::test]
+async fn cached_reads_racing_writes_see_every_acknowledged_write() {
+    for locking in ["shared", "exclusive"] {
+        let app = spawn_app_with(&["--rate-limit", "0", "--sqlite-locking", locking]).await;
+        let id = app
+            .create_user_id(&json!({"name": "v0", "role": "Dev"}))
+            .await;
+        let version = |response: &reqwest::Response| -> u64 {
+            let etag = response.headers()["etag"]
+                .to_str()
+                .unwrap()
+                .trim_matches('"');
+            etag.rsplit_once('-').unwrap().1.parse().unwrap()
+        };
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (client, url, key) = (
+                    app.client.clone(),
+                    app.url(&format!("/api/v1/users/{id}")),
+                    app.key.clone(),
+                );
+                let done = done.clone();
+                tokio::spawn(async move {
+                    let (mut last, mut reads) = (0, 0);
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let response = client.get(&url).bearer_auth(&key).send().await.unwrap();
+                        assert_eq!(response.status(), 200);
+                        let seen = version(&response);
+                        assert!(seen >= last, "version {seen} after {last}");
+                        (last, reads) = (seen, reads + 1);
+                    }
+                    reads
+                })
+            })
+            .collect();
+        for i in 1..=60 {
+            let name = format!("v{i}");
+            let response = app.update_user(id, &json!({"name": name})).await;
+            assert_eq!(response.status(), 200);
+            let written = version(&response);
+            let read = app.get_user(id).await;
+            assert_eq!(version(&read), written, "{locking}");
+            let user: serde_json::Value = read.json().await.unwrap();
+            assert_eq!(user["name"], name, "{locking}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.unwrap() > 0);
+        }
+        // The cache was in play, not bypassed.
+        assert!(counter(&app.metrics().await, CACHE_HITS) > 0, "{locking}");
+    }
 }

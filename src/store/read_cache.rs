@@ -1,0 +1,239 @@
+//! What was last read of some rows, kept for as long as the database has not changed since.
+//!
+//! A value is kept with the [`CommitStamp`] read *before* it was read from the database, and
+//! handed out only while the stamp is still the same: no commit since, by this process or any
+//! other, so the database still holds what the value was made from. The first lookup that
+//! finds a new stamp drops everything kept; a value read under an older stamp is not kept.
+//! So a read never sees a write older than one acknowledged before it (every commit, the
+//! service's own included, changes the stamp before anyone is told of it), and nothing needs
+//! to be told of writes. The price is coarseness: any commit empties the cache, so it pays
+//! under read-mostly loads and costs a few lookups in a map under write-heavy ones.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use super::{inline_reads::InlineReads, wal_index::CommitStamp};
+
+/// Values of type `V` by row id, for one database.
+pub struct ReadCache<V> {
+    reads: Arc<InlineReads>,
+    capacity: usize,
+    kept: Mutex<Kept<V>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct Kept<V> {
+    /// The stamp every value in `values` was read under.
+    stamp: Option<CommitStamp>,
+    values: HashMap<i64, V>,
+}
+
+/// What a lookup found.
+pub enum Lookup<V> {
+    Hit(V),
+    /// Read the value, then offer it to [`ReadCache::keep`] with this.
+    Miss(Ticket),
+}
+
+/// The stamp a miss saw, which a value read after it is kept under.
+pub struct Ticket(Option<CommitStamp>);
+
+impl<V: Clone> ReadCache<V> {
+    /// A cache of at most `capacity` values of what `reads` reads; `None` if `capacity` is 0
+    /// or `reads` cannot tell when the database changes.
+    pub fn new(reads: Arc<InlineReads>, capacity: usize) -> Option<Self> {
+        (capacity > 0 && reads.commit_stamp().is_some()).then(|| ReadCache {
+            reads,
+            capacity,
+            kept: Mutex::new(Kept {
+                stamp: None,
+                values: HashMap::new(),
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    pub fn lookup(&self, id: i64) -> Lookup<V> {
+        let stamp = self.reads.commit_stamp();
+        let mut kept = self.lock();
+        let found = if kept.stamp == stamp {
+            kept.values.get(&id).cloned()
+        } else {
+            kept.stamp = stamp;
+            let stale = std::mem::take(&mut kept.values);
+            // Freed after the lock is let go: there may be many.
+            drop(kept);
+            drop(stale);
+            None
+        };
+        let (counter, lookup) = match found {
+            Some(value) => (&self.hits, Lookup::Hit(value)),
+            None => (&self.misses, Lookup::Miss(Ticket(stamp))),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        lookup
+    }
+
+    /// Keeps `value`, read for `id` after the miss that gave `ticket`, unless the database
+    /// may have changed since that miss. When full, another value makes room.
+    pub fn keep(&self, ticket: Ticket, id: i64, value: V) {
+        let Ticket(Some(stamp)) = ticket else {
+            return;
+        };
+        let mut kept = self.lock();
+        if kept.stamp != Some(stamp) {
+            return;
+        }
+        if kept.values.len() >= self.capacity
+            && !kept.values.contains_key(&id)
+            && let Some(&other) = kept.values.keys().next()
+        {
+            kept.values.remove(&other);
+        }
+        kept.values.insert(id, value);
+    }
+
+    /// Lookups answered from the cache and lookups not, since start (for the metrics).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept<V>> {
+        // Nothing is left half-done under the lock that a panic could expose.
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+    use super::*;
+    use crate::{config::Cli, startup::open_database};
+
+    /// A migrated SQLite database in `dir`, and the inline reads of it.
+    async fn database(dir: &tempfile::TempDir) -> (DatabaseConnection, Arc<InlineReads>) {
+        let url = format!("sqlite://{}", dir.path().join("cache.db").display());
+        let cli = Cli::parse_from(["users-api", "--database-url", &url]);
+        let (db, ()) = open_database(&cli.db, async |_| Ok(())).await.unwrap();
+        let reads = InlineReads::for_database(&db, cli.db.sqlite_locking)
+            .await
+            .unwrap()
+            .expect("a file database");
+        (db, reads)
+    }
+
+    async fn commit(db: &DatabaseConnection, name: &str) {
+        db.execute_unprepared(&format!(
+            "INSERT INTO users (name, name_search, role, created_at, updated_at, version) \
+             VALUES ('{name}', '{name}', 'Dev', '2026-11-26T00:00:00.000000+00:00', \
+             '2026-11-26T00:00:00.000000+00:00', 1)"
+        ))
+        .await
+        .unwrap();
+    }
+
+    fn hit(cache: &ReadCache<&'static str>, id: i64) -> Option<&'static str> {
+        match cache.lookup(id) {
+            Lookup::Hit(value) => Some(value),
+            Lookup::Miss(_) => None,
+        }
+    }
+
+    fn miss(cache: &ReadCache<&'static str>, id: i64) -> Ticket {
+        match cache.lookup(id) {
+            Lookup::Hit(value) => panic!("a hit: {value}"),
+            Lookup::Miss(ticket) => ticket,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stamp_moves_with_commits_and_only_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, reads) = database(&dir).await;
+        let before = reads.commit_stamp().expect("a stamp");
+        // Reads, of the inline kind and the pool's, are not commits.
+        let statement = sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            "SELECT count(*) FROM users",
+        );
+        assert!(
+            reads
+                .query(&statement, |row| row.get::<_, i64>(0))
+                .is_some()
+        );
+        db.query_one_raw(statement).await.unwrap();
+        assert_eq!(reads.commit_stamp(), Some(before));
+        commit(&db, "Ann").await;
+        let after = reads.commit_stamp().expect("a stamp");
+        assert_ne!(after, before);
+        commit(&db, "Bea").await;
+        assert_ne!(reads.commit_stamp(), Some(after));
+    }
+
+    #[tokio::test]
+    async fn a_value_is_kept_until_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, reads) = database(&dir).await;
+        let cache = ReadCache::new(reads, 10).expect("a cache");
+        let ticket = miss(&cache, 1);
+        cache.keep(ticket, 1, "Ann");
+        assert_eq!(hit(&cache, 1), Some("Ann"));
+        assert_eq!(hit(&cache, 2), None);
+        commit(&db, "Bea").await;
+        assert_eq!(hit(&cache, 1), None);
+        assert_eq!(cache.counts(), (1, 3));
+    }
+
+    /// A value read under a stamp a later lookup has replaced is refused: it may predate a
+    /// commit that lookup's reader is entitled to see.
+    #[tokio::test]
+    async fn a_value_read_before_a_commit_is_never_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, reads) = database(&dir).await;
+        let cache = ReadCache::new(reads, 10).expect("a cache");
+        let early = miss(&cache, 1);
+        commit(&db, "Ann").await;
+        // Nobody has looked since the commit: kept, under the old stamp...
+        cache.keep(early, 1, "old");
+        // ...which the next lookup finds is not the stamp now.
+        let late = miss(&cache, 1);
+        let stale = miss(&cache, 2);
+        commit(&db, "Bea").await;
+        let now = miss(&cache, 3);
+        // Read before the second commit, offered after a lookup saw it: refused.
+        cache.keep(stale, 2, "old");
+        cache.keep(late, 1, "old");
+        cache.keep(now, 3, "new");
+        assert_eq!(hit(&cache, 1), None);
+        assert_eq!(hit(&cache, 2), None);
+        assert_eq!(hit(&cache, 3), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_at_most_its_capacity_and_none_is_no_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, reads) = database(&dir).await;
+        assert!(ReadCache::<&str>::new(reads.clone(), 0).is_none());
+        let cache = ReadCache::new(reads, 2).expect("a cache");
+        for id in 1..=3 {
+            let ticket = miss(&cache, id);
+            cache.keep(ticket, id, "kept");
+        }
+        let held = (1..=3).filter(|&id| hit(&cache, id).is_some()).count();
+        assert_eq!(held, 2);
+        // The newest is always among them.
+        assert_eq!(hit(&cache, 3), Some("kept"));
+    }
+}
