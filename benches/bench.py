@@ -3,7 +3,8 @@
 
 Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
-scenario (the reads also with `--sqlite-locking exclusive`), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+scenario (the reads also with `--sqlite-locking exclusive`, GET by id also without the user
+cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, writes it as JSON, and stops every process it started.
 """
 
@@ -189,6 +190,13 @@ def main():
             results["GET /users (50), --sqlite-locking exclusive"] = wrk(
                 exclusive.addr, "list", args, key, path="/api/v1/users?limit=50")
             exclusive.stop()
+
+            # GET by id as every request reads the database: the user cache off.
+            uncached = server(main_db, extra=["--user-cache-capacity", "0"])
+            started.append(uncached)
+            results["GET /users/{id}, --user-cache-capacity 0"] = wrk(
+                uncached.addr, "get", args, key, users=args.users)
+            uncached.stop()
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)

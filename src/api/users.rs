@@ -1,5 +1,7 @@
 //! The users endpoints: each parses, checks scope, calls a store function, maps the outcome.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::users::Model;
@@ -332,7 +334,8 @@ pub enum ListUsersResponse {
 #[derive(Clone)]
 pub struct SentUser {
     body: Bytes,
-    etag: String,
+    /// Shared, not a `String`: a hit clones it under the cache's lock.
+    etag: Arc<str>,
 }
 
 /// Users as last sent, while the database is unchanged (see `store::read_cache`): a GET by id
@@ -350,7 +353,7 @@ async fn user_as_sent(state: &AppState, id: i64) -> Result<SentUser, AppError> {
     };
     let user = store::users::get(&state.reads, id).await?;
     let sent = SentUser {
-        etag: etag(&user),
+        etag: etag(&user).into(),
         body: JsonText::<User>::new(&user.into()).into_bytes(),
     };
     if let (Some(cache), Some(ticket)) = (cache, ticket) {
@@ -575,10 +578,11 @@ impl UsersApi {
     ) -> ApiResult<GetUserResponse, OneErrors> {
         auth.0.require(Scope::UsersRead)?;
         let user = user_as_sent(&state, id.0).await?;
-        if !none_match(if_none_match.0.as_deref(), &user.etag) {
-            return Ok(GetUserResponse::NotModified(user.etag));
+        let tag = String::from(&*user.etag);
+        if !none_match(if_none_match.0.as_deref(), &tag) {
+            return Ok(GetUserResponse::NotModified(tag));
         }
-        Ok(GetUserResponse::Ok(JsonText::replay(user.body), user.etag))
+        Ok(GetUserResponse::Ok(JsonText::replay(user.body), tag))
     }
 
     /// Replace a user

@@ -12,7 +12,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -23,7 +23,11 @@ use super::{inline_reads::InlineReads, wal_index::CommitStamp};
 pub struct ReadCache<V> {
     reads: Arc<InlineReads>,
     capacity: usize,
-    kept: Mutex<Kept<V>>,
+    /// Read-locked by hits, so that they never wait for each other (with a mutex, a hit whose
+    /// thread is preempted inside it holds up every other one until it runs again); written
+    /// only to keep a value or to drop the values of an older stamp. Measured against a mutex
+    /// (4 runs of 10 s, GET by id): p99 1.76–1.86 ms against 1.67–1.83 ms, no difference.
+    kept: RwLock<Kept<V>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -51,7 +55,7 @@ impl<V: Clone> ReadCache<V> {
         (capacity > 0 && reads.commit_stamp().is_some()).then(|| ReadCache {
             reads,
             capacity,
-            kept: Mutex::new(Kept {
+            kept: RwLock::new(Kept {
                 stamp: None,
                 values: HashMap::new(),
             }),
@@ -62,17 +66,14 @@ impl<V: Clone> ReadCache<V> {
 
     pub fn lookup(&self, id: i64) -> Lookup<V> {
         let stamp = self.reads.commit_stamp();
-        let mut kept = self.lock();
-        let found = if kept.stamp == stamp {
-            kept.values.get(&id).cloned()
-        } else {
-            kept.stamp = stamp;
-            let stale = std::mem::take(&mut kept.values);
-            // Freed after the lock is let go: there may be many.
-            drop(kept);
-            drop(stale);
-            None
+        let found = {
+            let kept = self.read();
+            (kept.stamp == stamp).then(|| kept.values.get(&id).cloned())
         };
+        let found = found.unwrap_or_else(|| {
+            self.renew(stamp);
+            None
+        });
         let (counter, lookup) = match found {
             Some(value) => (&self.hits, Lookup::Hit(value)),
             None => (&self.misses, Lookup::Miss(Ticket(stamp))),
@@ -87,7 +88,7 @@ impl<V: Clone> ReadCache<V> {
         let Ticket(Some(stamp)) = ticket else {
             return;
         };
-        let mut kept = self.lock();
+        let mut kept = self.write();
         if kept.stamp != Some(stamp) {
             return;
         }
@@ -108,9 +109,25 @@ impl<V: Clone> ReadCache<V> {
         )
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept<V>> {
-        // Nothing is left half-done under the lock that a panic could expose.
-        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Drops what was kept under another stamp than `stamp`.
+    fn renew(&self, stamp: Option<CommitStamp>) {
+        let mut kept = self.write();
+        if kept.stamp != stamp {
+            kept.stamp = stamp;
+            let stale = std::mem::take(&mut kept.values);
+            // Freed after the lock is let go: there may be many.
+            drop(kept);
+            drop(stale);
+        }
+    }
+
+    // Nothing is left half-done under the lock that a panic could expose.
+    fn read(&self) -> RwLockReadGuard<'_, Kept<V>> {
+        self.kept.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Kept<V>> {
+        self.kept.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
