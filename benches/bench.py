@@ -3,8 +3,8 @@
 
 Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
-scenario (the reads also with `--sqlite-locking exclusive`, GET by id also without the user
-cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+scenario (the reads also with `--sqlite-locking exclusive`, and without the read caches; the
+deep-page pair without the page cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, writes it as JSON, and stops every process it started.
 """
 
@@ -154,8 +154,8 @@ def main():
     args = parser.parse_args()
     if args.deep_users < 1000 * 50:
         parser.error("--deep-users must hold 1,000 pages of 50 (at least 50000)")
-    first_page = f"GET /users (50), {args.deep_users:,} users, page 1"
-    deep_page = f"GET /users (50), {args.deep_users:,} users, page 1000"
+    first_page = f"GET /users (50), {args.deep_users:,} users, page 1, --page-cache-mib 0"
+    deep_page = f"GET /users (50), {args.deep_users:,} users, page 1000, --page-cache-mib 0"
     SERVER = args.server.resolve()
 
     if not args.no_build:
@@ -191,16 +191,19 @@ def main():
                 exclusive.addr, "list", args, key, path="/api/v1/users?limit=50")
             exclusive.stop()
 
-            # GET by id as every request reads the database: the user cache off.
-            uncached = server(main_db, extra=["--user-cache-capacity", "0"])
+            # The reads as every request reads the database: the read caches off.
+            uncached = server(main_db, extra=["--user-cache-mib", "0", "--page-cache-mib", "0"])
             started.append(uncached)
-            results["GET /users/{id}, --user-cache-capacity 0"] = wrk(
+            results["GET /users/{id}, --user-cache-mib 0"] = wrk(
                 uncached.addr, "get", args, key, users=args.users)
+            results["GET /users (50), --page-cache-mib 0"] = wrk(
+                uncached.addr, "list", args, key, path="/api/v1/users?limit=50")
             uncached.stop()
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)
-            deep = server(deep_db)
+            # What a deep page costs against the first, each read from the database.
+            deep = server(deep_db, extra=["--page-cache-mib", "0"])
             started.append(deep)
             results[first_page] = wrk(
                 deep.addr, "list", args, deep_key, path="/api/v1/users?limit=50")

@@ -159,10 +159,14 @@ pub struct ServeArgs {
     /// Most API keys kept in that cache.
     #[arg(long, env = "KEY_CACHE_CAPACITY", default_value_t = 10_000)]
     pub key_cache_capacity: usize,
-    /// Most users whose representation (body and ETag) is kept for GET by id, on SQLite: kept
-    /// only while the database has not changed since it was read, so never stale. 0: off.
-    #[arg(long, env = "USER_CACHE_CAPACITY", default_value_t = 4_096)]
-    pub user_cache_capacity: usize,
+    /// Memory for users kept as GET by id sent them (body and ETag), on SQLite, in MiB: kept
+    /// only while the database has not changed since they were read, so never stale. 0: off.
+    #[arg(long, env = "USER_CACHE_MIB", default_value_t = 4)]
+    pub user_cache_mib: usize,
+    /// Memory for pages kept as a listing sent them, by query string, on SQLite, in MiB; kept
+    /// as users are. 0: off.
+    #[arg(long, env = "PAGE_CACHE_MIB", default_value_t = 8)]
+    pub page_cache_mib: usize,
     /// How often API-key `last_used_at` times are written to the database, in seconds.
     #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
     pub key_usage_flush_secs: u64,

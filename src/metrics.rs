@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests by operation and status, latency, pool use, inline SQLite
-//! reads, user-cache lookups, rate-limit refusals.
+//! reads, read-cache lookups, rate-limit refusals.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use sea_orm::DatabaseConnection;
 
-use crate::{api::users::UserCache, store::Reads};
+use crate::store::Reads;
 
 /// This process's metrics; each instance is scraped on its own.
 pub struct Metrics {
@@ -18,8 +18,8 @@ pub struct Metrics {
     latency: HistogramVec,
     pool: IntGaugeVec,
     inline_reads: IntCounterVec,
-    user_cache: IntCounterVec,
-    /// Held while the counters kept elsewhere (`inline_reads`, `user_cache`) catch up, so
+    read_cache: IntCounterVec,
+    /// Held while the counters kept elsewhere (`inline_reads`, `read_cache`) catch up, so
     /// concurrent scrapes do not both add a difference.
     catch_up: Mutex<()>,
     rate_limited: IntCounter,
@@ -68,12 +68,13 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let user_cache = IntCounterVec::new(
+        let read_cache = IntCounterVec::new(
             Opts::new(
-                "user_cache_lookups_total",
-                "GET-by-id lookups of the user cache: answered from it, or read from the database",
+                "read_cache_lookups_total",
+                "Lookups of the read caches (user: GET by id; page: listings), answered from \
+                 the cache or read from the database",
             ),
-            &["outcome"],
+            &["cache", "outcome"],
         )
         .expect("valid metric");
         let rate_limited = IntCounter::new(
@@ -86,7 +87,7 @@ impl Metrics {
             Box::new(latency.clone()),
             Box::new(pool.clone()),
             Box::new(inline_reads.clone()),
-            Box::new(user_cache.clone()),
+            Box::new(read_cache.clone()),
             Box::new(rate_limited.clone()),
         ] {
             registry.register(collector).expect("unique metric names");
@@ -97,7 +98,7 @@ impl Metrics {
             latency,
             pool,
             inline_reads,
-            user_cache,
+            read_cache,
             catch_up: Mutex::new(()),
             rate_limited,
         }
@@ -120,26 +121,32 @@ impl Metrics {
         &self,
         db: &DatabaseConnection,
         reads: &Reads,
-        user_cache: Option<&UserCache>,
+        caches: [(&str, Option<(u64, u64)>); 2],
     ) -> String {
         let (size, idle) = pool_size(db);
         self.pool
             .with_label_values(&["in_use"])
             .set((size as usize).saturating_sub(idle) as i64);
         self.pool.with_label_values(&["idle"]).set(idle as i64);
-        // The reads and the cache count themselves (no metrics handle on the hot path); the
+        // The reads and the caches count themselves (no metrics handle on the hot path); the
         // counters catch up to them here.
         let _turn = self.catch_up.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(inline) = reads.inline() {
             let (answered, deferred) = inline.counts();
             catch_up(
                 &self.inline_reads,
+                &[],
                 [("answered", answered), ("deferred", deferred)],
             );
         }
-        if let Some(cache) = user_cache {
-            let (hits, misses) = cache.counts();
-            catch_up(&self.user_cache, [("hit", hits), ("miss", misses)]);
+        for (cache, counts) in caches {
+            if let Some((hits, misses)) = counts {
+                catch_up(
+                    &self.read_cache,
+                    &[cache],
+                    [("hit", hits), ("miss", misses)],
+                );
+            }
         }
         let mut out = Vec::new();
         TextEncoder::new()
@@ -149,10 +156,11 @@ impl Metrics {
     }
 }
 
-/// Moves each outcome's counter up to the total counted elsewhere.
-fn catch_up(counters: &IntCounterVec, totals: [(&str, u64); 2]) {
+/// Moves each outcome's counter (after the `labels` before it) up to the total counted
+/// elsewhere.
+fn catch_up(counters: &IntCounterVec, labels: &[&str], totals: [(&str, u64); 2]) {
     for (outcome, total) in totals {
-        let counter = counters.with_label_values(&[outcome]);
+        let counter = counters.with_label_values(&[labels, &[outcome]].concat());
         counter.inc_by(total.saturating_sub(counter.get()));
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     api::{
         self, API_PREFIX,
         edge::{AllowTable, Edge, render_errors},
-        users::UserCache,
+        users::{PageCache, UserCache},
     },
     auth::{OAUTH_FLOW_URLS, audit, key_cache::KeyCache, oauth::OAuthVerifier, usage::KeyUsage},
     config::{DbArgs, ServeArgs},
@@ -45,8 +45,10 @@ pub struct AppState {
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
     pub key_cache: Arc<KeyCache>,
-    /// Users as GET by id last sent them, on SQLite (see `store::read_cache`).
+    /// Users as GET by id last sent them, and pages as listings did, on SQLite (see
+    /// `store::read_cache`).
     pub user_cache: Option<Arc<UserCache>>,
+    pub page_cache: Option<Arc<PageCache>>,
     /// User writes (creates, updates, deletes), committed in batches on SQLite (see
     /// `store::group_commit`).
     pub writes: Writes,
@@ -54,6 +56,16 @@ pub struct AppState {
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
     pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Hits and misses of the read caches there are, by the name the metrics give them.
+    pub fn cache_counts(&self) -> [(&'static str, Option<(u64, u64)>); 2] {
+        [
+            ("user", self.user_cache.as_ref().map(|cache| cache.counts())),
+            ("page", self.page_cache.as_ref().map(|cache| cache.counts())),
+        ]
+    }
 }
 
 /// Settings of HTTP behaviour, from the command line.
@@ -366,14 +378,20 @@ pub(crate) async fn app_state(
     });
     spawn_idempotency_purge(db.clone());
     let reads = store::Reads::new(db, db_args.sqlite_locking).await?;
-    let user_cache = reads
-        .inline_shared()
-        .and_then(|inline| UserCache::new(inline, args.user_cache_capacity))
+    const MIB: usize = 1024 * 1024;
+    let inline = reads.inline_shared();
+    let user_cache = inline
+        .clone()
+        .and_then(|inline| UserCache::new(inline, args.user_cache_mib * MIB))
+        .map(Arc::new);
+    let page_cache = inline
+        .and_then(|inline| PageCache::new(inline, args.page_cache_mib * MIB))
         .map(Arc::new);
     Ok(AppState {
         db: db.clone(),
         reads,
         user_cache,
+        page_cache,
         max_body_bytes: args.max_body_bytes,
         oauth,
         key_usage,

@@ -115,7 +115,7 @@ impl OperationsApi {
         Ok(MetricsResponse::Ok(PlainText(state.metrics.render(
             &state.db,
             &state.reads,
-            state.user_cache.as_deref(),
+            state.cache_counts(),
         ))))
     }
 }

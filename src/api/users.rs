@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use entity::users::Model;
-use poem::web::Data;
+use poem::{Request, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path, Query},
@@ -31,7 +31,7 @@ use crate::{
         self,
         group_commit::Once,
         idempotency,
-        read_cache::{Lookup, ReadCache},
+        read_cache::{ReadCache, Weight, read_through},
         users::{ListedSink, UserRow},
     },
     timestamp::Stamp,
@@ -338,28 +338,102 @@ pub struct SentUser {
     etag: Arc<str>,
 }
 
+impl Weight for SentUser {
+    fn weight(&self) -> usize {
+        size_of::<Self>() + self.body.len() + self.etag.len()
+    }
+}
+
 /// Users as last sent, while the database is unchanged (see `store::read_cache`): a GET by id
 /// answered from here skips the read transaction, whose lock took more of the CPU of a GET
 /// than anything else in it, and the encoding.
-pub type UserCache = ReadCache<SentUser>;
+pub type UserCache = ReadCache<i64, SentUser>;
 
 /// User `id` as sent, from the cache if there is one and it holds the user.
 async fn user_as_sent(state: &AppState, id: i64) -> Result<SentUser, AppError> {
-    let cache = state.user_cache.as_deref();
-    let ticket = match cache.map(|cache| cache.lookup(id)) {
-        Some(Lookup::Hit(user)) => return Ok(user),
-        Some(Lookup::Miss(ticket)) => Some(ticket),
-        None => None,
-    };
-    let user = store::users::get(&state.reads, id).await?;
-    let sent = SentUser {
-        etag: etag(&user).into(),
-        body: JsonText::<User>::new(&user.into()).into_bytes(),
-    };
-    if let (Some(cache), Some(ticket)) = (cache, ticket) {
-        cache.keep(ticket, id, sent.clone());
+    read_through(state.user_cache.as_deref(), id, async {
+        let user = store::users::get(&state.reads, id).await?;
+        Ok(SentUser {
+            etag: etag(&user).into(),
+            body: JsonText::<User>::new(&user.into()).into_bytes(),
+        })
+    })
+    .await
+}
+
+/// A page as a listing sends it: the body and its `Link` header.
+#[derive(Clone)]
+pub struct SentPage {
+    body: Bytes,
+    link: Option<Arc<str>>,
+}
+
+impl Weight for SentPage {
+    fn weight(&self) -> usize {
+        size_of::<Self>() + self.body.len() + self.link.as_deref().map_or(0, str::len)
     }
-    Ok(sent)
+}
+
+/// Pages as last sent, by their request's query string, while the database is unchanged (see
+/// `store::read_cache`). Equal query strings ask for the same page, so the same page is what a
+/// listing polled again and again (the first page, most often) gets, with no read at all.
+pub type PageCache = ReadCache<String, SentPage>;
+
+/// What a listing asks for, as its query parameters said it.
+struct PageAsked {
+    limit: u64,
+    cursor: Option<CursorText>,
+    sort: Option<UserSort>,
+    role: Option<String>,
+    email: Option<Email>,
+    q: Option<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+}
+
+/// The page `asked` names, read from the database, with the link to the next one.
+async fn read_page(state: &AppState, asked: PageAsked) -> Result<SentPage, AppError> {
+    let filter = UserFilter::new(
+        asked.role.clone(),
+        asked.email.as_ref().map(|email| email.as_str()),
+        asked.q.as_deref(),
+        asked.created_after,
+        asked.created_before,
+    )
+    .map_err(AppError::BadRequest)?;
+    let query = ListQuery {
+        filter,
+        sort: asked.sort.map(Sort::from).unwrap_or_default(),
+    };
+    let after = super::parse_cursor(asked.cursor.as_ref(), &query)?;
+    let mut body = PageBody::new(asked.limit);
+    let next =
+        store::users::list(&state.reads, &query, after.as_ref(), asked.limit, &mut body).await?;
+    let next_cursor = next.map(|cursor| cursor.encode());
+    let link = next_cursor.as_deref().map(|cursor| {
+        next_link(
+            &[
+                ("limit", Some(asked.limit.to_string())),
+                ("sort", asked.sort.map(|_| query.sort.as_str())),
+                ("role", asked.role),
+                ("email", asked.email.map(|email| email.to_string())),
+                ("q", asked.q),
+                (
+                    "created_after",
+                    asked.created_after.map(|at| at.to_rfc3339()),
+                ),
+                (
+                    "created_before",
+                    asked.created_before.map(|at| at.to_rfc3339()),
+                ),
+            ],
+            cursor,
+        )
+    });
+    Ok(SentPage {
+        body: body.finish(next_cursor.as_deref())?.into_bytes(),
+        link: link.map(Into::into),
+    })
 }
 
 #[derive(ApiResponse)]
@@ -450,6 +524,7 @@ impl UsersApi {
     #[oai(path = "/users", method = "get", operation_id = "listUsers")]
     async fn list_users(
         &self,
+        request: &Request,
         auth: Auth,
         state: Data<&AppState>,
         /// How many users to return, 1 to 200.
@@ -477,40 +552,22 @@ impl UsersApi {
         created_before: Query<Option<DateTime<Utc>>>,
     ) -> ApiResult<ListUsersResponse, ListErrors> {
         auth.0.require(Scope::UsersRead)?;
-        let filter = UserFilter::new(
-            role.0.clone(),
-            email.0.as_ref().map(|email| email.as_str()),
-            q.0.as_deref(),
-            created_after.0,
-            created_before.0,
-        )
-        .map_err(AppError::BadRequest)?;
-        let query = ListQuery {
-            filter,
-            sort: sort.0.map(Sort::from).unwrap_or_default(),
+        // The parameters are read from the query string alone: equal strings, equal pages.
+        let key = request.uri().query().unwrap_or_default().to_owned();
+        let asked = PageAsked {
+            limit: limit.0,
+            cursor: cursor.0,
+            sort: sort.0,
+            role: role.0,
+            email: email.0,
+            q: q.0,
+            created_after: created_after.0,
+            created_before: created_before.0,
         };
-        let after = super::parse_cursor(cursor.0.as_ref(), &query)?;
-        let mut body = PageBody::new(limit.0);
-        let next =
-            store::users::list(&state.reads, &query, after.as_ref(), limit.0, &mut body).await?;
-        let next_cursor = next.map(|cursor| cursor.encode());
-        let link = next_cursor.as_deref().map(|cursor| {
-            next_link(
-                &[
-                    ("limit", Some(limit.0.to_string())),
-                    ("sort", sort.0.map(|_| query.sort.as_str())),
-                    ("role", role.0.clone()),
-                    ("email", email.0.as_ref().map(|email| email.to_string())),
-                    ("q", q.0.clone()),
-                    ("created_after", created_after.0.map(|at| at.to_rfc3339())),
-                    ("created_before", created_before.0.map(|at| at.to_rfc3339())),
-                ],
-                cursor,
-            )
-        });
+        let page = read_through(state.page_cache.as_deref(), key, read_page(&state, asked)).await?;
         Ok(ListUsersResponse::Ok(
-            body.finish(next_cursor.as_deref())?,
-            link,
+            JsonText::replay(page.body),
+            page.link.as_deref().map(String::from),
         ))
     }
 

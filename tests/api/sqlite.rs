@@ -314,8 +314,12 @@ async fn exclusive_locking_holds_the_file_alone_and_loses_nothing() {
 async fn inline_reads_are_counted_in_the_metrics() {
     let app = spawn_app().await;
     app.create_ok(&json!({"name": "Ann", "role": "Dev"})).await;
-    for _ in 0..3 {
-        assert_eq!(app.list_users("").await.status(), 200);
+    // Three queries, so that the page cache answers none of them.
+    for limit in 1..=3 {
+        assert_eq!(
+            app.list_users(&format!("?limit={limit}")).await.status(),
+            200
+        );
     }
     let metrics = app.metrics().await;
     let answered = counter(
@@ -335,7 +339,8 @@ fn counter(metrics: &str, name: &str) -> u64 {
         .unwrap()
 }
 
-const CACHE_HITS: &str = "users_api_user_cache_lookups_total{outcome=\"hit\"}";
+const CACHE_HITS: &str = "users_api_read_cache_lookups_total{cache=\"user\",outcome=\"hit\"}";
+const PAGE_CACHE_HITS: &str = "users_api_read_cache_lookups_total{cache=\"page\",outcome=\"hit\"}";
 
 /// GET by id answers from the user cache while nothing has changed, with the same response
 /// as from the database; and the next GET after any change sees it, whether it went through
@@ -385,6 +390,62 @@ async fn cached_users_are_the_stored_ones_whoever_writes() {
         .await
         .unwrap();
     assert_problem(app.get_user(id).await, 404).await;
+}
+
+/// Listings answer from the page cache while nothing has changed, with the same page and
+/// `Link` as from the database, the next page included; and after any change, through the API
+/// or by another process, the next listing shows it.
+#[tokio::test]
+async fn cached_pages_are_the_stored_ones_whoever_writes() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for name in ["Ann", "Bea", "Cy"] {
+        ids.push(
+            app.create_user_id(&json!({"name": name, "role": "Dev"}))
+                .await,
+        );
+    }
+    let page = |query: &'static str| {
+        let app = &app;
+        async move {
+            let response = app.list_users(query).await;
+            assert_eq!(response.status(), 200);
+            let link = response
+                .headers()
+                .get("link")
+                .map(|l| l.to_str().unwrap().to_owned());
+            (response.text().await.unwrap(), link)
+        }
+    };
+    let first = page("?limit=2").await;
+    assert_eq!(page("?limit=2").await, first);
+    let link = first.1.clone().expect("a next page");
+    let (_, query) = link.split_once('?').unwrap();
+    let next_query: &'static str = format!("?{}", query.split_once('>').unwrap().0).leak();
+    let second = page(next_query).await;
+    assert_eq!(page(next_query).await, second);
+    assert!(second.0.contains("Cy"), "{}", second.0);
+    assert!(counter(&app.metrics().await, PAGE_CACHE_HITS) >= 2);
+
+    let response = app.update_user(ids[0], &json!({"name": "Ada"})).await;
+    assert_eq!(response.status(), 200);
+    let (body, _) = page("?limit=2").await;
+    assert!(body.contains("Ada") && !body.contains("Ann"), "{body}");
+
+    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
+        .await
+        .unwrap();
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "UPDATE users SET name = 'Dot', version = version + 1 WHERE id = ?",
+        [ids[2].into()],
+    ))
+    .await
+    .unwrap();
+    let (body, _) = page(next_query).await;
+    assert!(body.contains("Dot") && !body.contains("Cy"), "{body}");
 }
 
 /// Reads racing writes, in both locking modes: while clients GET a user without pause, every
