@@ -182,23 +182,23 @@ def main():
             peak_rss = api.peak_rss_kib()
             api.stop()
 
-            # The reads again, with the server holding the file alone.
-            exclusive = server(main_db, extra=["--sqlite-locking", "exclusive"])
-            started.append(exclusive)
-            results["GET /users/{id}, --sqlite-locking exclusive"] = wrk(
-                exclusive.addr, "get", args, key, users=args.users)
-            results["GET /users (50), --sqlite-locking exclusive"] = wrk(
-                exclusive.addr, "list", args, key, path="/api/v1/users?limit=50")
-            exclusive.stop()
+            def reads_again(extra, get_label, list_label):
+                """GET by id and the 50-user page again, on a server started with `extra`."""
+                other = server(main_db, extra=extra)
+                started.append(other)
+                results[get_label] = wrk(other.addr, "get", args, key, users=args.users)
+                results[list_label] = wrk(
+                    other.addr, "list", args, key, path="/api/v1/users?limit=50")
+                other.stop()
 
-            # The reads as every request reads the database: the read caches off.
-            uncached = server(main_db, extra=["--user-cache-mib", "0", "--page-cache-mib", "0"])
-            started.append(uncached)
-            results["GET /users/{id}, --user-cache-mib 0"] = wrk(
-                uncached.addr, "get", args, key, users=args.users)
-            results["GET /users (50), --page-cache-mib 0"] = wrk(
-                uncached.addr, "list", args, key, path="/api/v1/users?limit=50")
-            uncached.stop()
+            # With the server holding the file alone.
+            reads_again(["--sqlite-locking", "exclusive"],
+                        "GET /users/{id}, --sqlite-locking exclusive",
+                        "GET /users (50), --sqlite-locking exclusive")
+            # As every request reads the database: the read caches off.
+            reads_again(["--user-cache-mib", "0", "--page-cache-mib", "0"],
+                        "GET /users/{id}, --user-cache-mib 0",
+                        "GET /users (50), --page-cache-mib 0")
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)

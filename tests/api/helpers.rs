@@ -454,6 +454,24 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Runs `sql`, with `id` bound to its `?`, on this test's own connection to the SQLite
+    /// database: a write made around the API, by another process than the server. (Only the
+    /// SQLite suite writes so; the PostgreSQL suite shares these helpers.)
+    #[allow(dead_code)]
+    pub async fn write_around_api(&self, sql: &str, id: i64) {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let db = users_api::store::connect(&db_args(&self.db.url))
+            .await
+            .unwrap();
+        db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            sql,
+            [id.into()],
+        ))
+        .await
+        .unwrap();
+    }
+
     /// The Prometheus text of `/metrics` (no token is configured in tests).
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.unwrap();

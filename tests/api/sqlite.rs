@@ -245,22 +245,15 @@ async fn a_page_that_leaves_the_inline_path_midway_starts_over() {
 /// holds it is a logged 500 problem, never a panic or a body that is not JSON.
 #[tokio::test]
 async fn stored_text_that_is_not_utf8_is_a_server_error() {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
-
     let app = spawn_app().await;
     let id = app
         .create_user_id(&json!({"name": "Ann", "role": "Dev"}))
         .await;
-    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
-        .await
-        .unwrap();
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Sqlite,
+    app.write_around_api(
         "UPDATE users SET name = CAST(x'416eff22' AS TEXT) WHERE id = ?",
-        [id.into()],
-    ))
-    .await
-    .unwrap();
+        id,
+    )
+    .await;
     for response in [app.list_users("").await, app.get_user(id).await] {
         let problem = assert_problem(response, 500).await;
         assert_eq!(problem["type"], "urn:users-api:problem:internal-error");
@@ -347,8 +340,6 @@ const PAGE_CACHE_HITS: &str = "users_api_read_cache_lookups_total{cache=\"page\"
 /// the API or another process wrote it straight into the file.
 #[tokio::test]
 async fn cached_users_are_the_stored_ones_whoever_writes() {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
-
     let app = spawn_app().await;
     let id = app
         .create_user_id(&json!({"name": "Ann", "role": "Dev"}))
@@ -371,24 +362,19 @@ async fn cached_users_are_the_stored_ones_whoever_writes() {
     assert_eq!(user["name"], "Bea");
 
     // This test's process is not the server's: it writes through its own connection.
-    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
-        .await
-        .unwrap();
-    let sql = |sql: &str| Statement::from_sql_and_values(DbBackend::Sqlite, sql, [id.into()]);
     app.get_user(id).await;
-    db.execute_raw(sql(
+    app.write_around_api(
         "UPDATE users SET name = 'Cy', version = version + 1 WHERE id = ?",
-    ))
-    .await
-    .unwrap();
+        id,
+    )
+    .await;
     let read = app.get_user(id).await;
     assert_ne!(read.headers()["etag"], etag);
     let user: serde_json::Value = read.json().await.unwrap();
     assert_eq!(user["name"], "Cy");
     app.get_user(id).await;
-    db.execute_raw(sql("DELETE FROM users WHERE id = ?"))
-        .await
-        .unwrap();
+    app.write_around_api("DELETE FROM users WHERE id = ?", id)
+        .await;
     assert_problem(app.get_user(id).await, 404).await;
 }
 
@@ -397,8 +383,6 @@ async fn cached_users_are_the_stored_ones_whoever_writes() {
 /// or by another process, the next listing shows it.
 #[tokio::test]
 async fn cached_pages_are_the_stored_ones_whoever_writes() {
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
-
     let app = spawn_app().await;
     let mut ids = Vec::new();
     for name in ["Ann", "Bea", "Cy"] {
@@ -434,16 +418,11 @@ async fn cached_pages_are_the_stored_ones_whoever_writes() {
     let (body, _) = page("?limit=2").await;
     assert!(body.contains("Ada") && !body.contains("Ann"), "{body}");
 
-    let db = users_api::store::connect(&crate::helpers::db_args(&app.db.url))
-        .await
-        .unwrap();
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Sqlite,
+    app.write_around_api(
         "UPDATE users SET name = 'Dot', version = version + 1 WHERE id = ?",
-        [ids[2].into()],
-    ))
-    .await
-    .unwrap();
+        ids[2],
+    )
+    .await;
     let (body, _) = page(next_query).await;
     assert!(body.contains("Dot") && !body.contains("Cy"), "{body}");
 }
