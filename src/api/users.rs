@@ -595,7 +595,7 @@ impl UsersApi {
         };
         let once = Once {
             key,
-            request_hash: body.fingerprint,
+            request_hash: body.fingerprint(),
             ttl: state.policy.idempotency_ttl,
             record: |model| idempotency::Recorded {
                 status: 201,

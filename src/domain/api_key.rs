@@ -226,9 +226,10 @@ impl KeyDigest {
     }
 }
 
-/// Lowercase hex. Every authenticated request hashes its key: `write!` per byte cost 8k
-/// instructions of it, a tenth of a GET by id (callgrind); this takes a few hundred.
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex (key digests, body fingerprints). Every authenticated request hashes its
+/// key: `write!` per byte cost 8k instructions of it, a tenth of a GET by id (callgrind);
+/// this takes a few hundred.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {

@@ -5,6 +5,6 @@ mod fields;
 mod listing;
 mod user;
 
-pub use api_key::{ApiKeySecret, KeyDigest, NewApiKey, Scope, ScopeSet};
+pub use api_key::{ApiKeySecret, KeyDigest, NewApiKey, Scope, ScopeSet, hex};
 pub use listing::{Cursor, ListQuery, Sort, SortField, SortKey, UserFilter};
 pub use user::{Email, NewUser, Role, UserChanges, UserName};
