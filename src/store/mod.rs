@@ -267,8 +267,6 @@ pub struct WalLimit {
     wal: Option<PathBuf>,
     limit: u64,
     checkpoints: Arc<Checkpoints>,
-    /// A background checkpoint was asked for; the restart follows it.
-    asked: bool,
     /// A restart that could not complete (a long read) is not retried before this.
     not_before: std::time::Instant,
 }
@@ -277,9 +275,10 @@ pub struct WalLimit {
 struct Checkpoints {
     now: tokio::sync::Notify,
     done: std::sync::atomic::AtomicBool,
-    /// Since when the writer has been waiting to restart the WAL. Meanwhile the twice-a-second
-    /// checkpoints pause: SQLite lets one checkpoint run at a time and a RESTART that meets
-    /// another fails at once. Without the pause, once PASSIVE checkpoints of a large WAL ran
+    /// Since when the writer has been waiting to restart the WAL: it asked for a background
+    /// checkpoint, and restarts after that one (`None`: not waiting). Meanwhile the
+    /// twice-a-second checkpoints pause: SQLite lets one checkpoint run at a time and a
+    /// RESTART that meets another fails at once. Without the pause, once PASSIVE checkpoints of a large WAL ran
     /// back to back, every restart met one (15 of 15 in a 10 s run of idempotent creates)
     /// and the WAL grew to 411 MB past its 64 MiB limit.
     restart_waiting: std::sync::Mutex<Option<std::time::Instant>>,
@@ -326,7 +325,6 @@ impl WalLimit {
             }),
             limit: wal_limit_bytes(settings),
             checkpoints,
-            asked: false,
             not_before: std::time::Instant::now(),
         })
     }
@@ -335,9 +333,8 @@ impl WalLimit {
     pub async fn enforce(&mut self, writer: &DatabaseConnection) {
         use std::sync::atomic::Ordering;
         let Some(wal) = &self.wal else { return };
-        if self.asked {
+        if self.checkpoints.restart_waiting().is_some() {
             if self.checkpoints.done.swap(false, Ordering::Acquire) {
-                self.asked = false;
                 self.restart(writer).await;
                 *self.checkpoints.restart_waiting() = None;
             }
@@ -346,7 +343,6 @@ impl WalLimit {
         // One stat(2); the file is cut back to the limit only at the commit after a restart.
         let size = std::fs::metadata(wal).map_or(0, |m| m.len());
         if size > self.limit && std::time::Instant::now() >= self.not_before {
-            self.asked = true;
             *self.checkpoints.restart_waiting() = Some(std::time::Instant::now());
             // A checkpoint that ends from now on will do, one already running included.
             self.checkpoints.done.store(false, Ordering::Release);
