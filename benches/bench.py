@@ -61,7 +61,7 @@ def seed(db_path, users):
 class Process:
     """A started server whose address is read from its output; stopped on exit."""
 
-    def __init__(self, cmd, address_from):
+    def __init__(self, cmd, address_from, log=None):
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         stream = self.proc.stdout if address_from == "stdout" else self.proc.stderr
@@ -83,9 +83,11 @@ class Process:
                     self.addr = event["addr"]
         if self.addr is None:
             raise RuntimeError(f"{cmd[0]} did not report an address")
-        # Keep draining output so the pipes never fill and block the process.
+        # Keep draining output so the pipes never fill and block the process; the log is kept
+        # only when asked for (`--server-log`: with `RUST_LOG=info`, a line per request).
         for pipe in (self.proc.stdout, self.proc.stderr):
-            subprocess.Popen(["cat"], stdin=pipe, stdout=subprocess.DEVNULL)
+            sink = open(log, "a") if log and pipe is self.proc.stderr else subprocess.DEVNULL
+            subprocess.Popen(["cat"], stdin=pipe, stdout=sink)
 
     def peak_rss_kib(self):
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -100,6 +102,9 @@ class Process:
                 self.proc.kill()
 
 
+SERVER_LOG = None
+
+
 def server(db_path, extra=(), wrapper=()):
     """The service on a free port; `wrapper` runs it under another program (valgrind, say)."""
     return Process(
@@ -107,6 +112,7 @@ def server(db_path, extra=(), wrapper=()):
          "--log-format", "json", "--rate-limit", "0", "--rate-limit-anonymous", "0",
          "--request-timeout-secs", "60", *extra],
         "stderr",
+        SERVER_LOG,
     )
 
 
@@ -141,7 +147,7 @@ def deep_cursor(addr, key, after_id):
 
 
 def main():
-    global SERVER
+    global SERVER, SERVER_LOG
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--deep-users", type=int, default=1_000_000)
@@ -151,12 +157,16 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--server", type=Path, default=SERVER,
                         help="the users-api binary to measure (an earlier build, to compare)")
+    parser.add_argument("--server-log", type=Path,
+                        help="append the servers' log lines to this file (JSON; RUST_LOG chooses "
+                             "what is logged) instead of discarding them, to look for slow requests")
     args = parser.parse_args()
     if args.deep_users < 1000 * 50:
         parser.error("--deep-users must hold 1,000 pages of 50 (at least 50000)")
     first_page = f"GET /users (50), {args.deep_users:,} users, page 1, --page-cache-mib 0"
     deep_page = f"GET /users (50), {args.deep_users:,} users, page 1000, --page-cache-mib 0"
     SERVER = args.server.resolve()
+    SERVER_LOG = args.server_log
 
     if not args.no_build:
         run(["cargo", "build", "--profile", "production", "--bin", "users-api", "--example", "bench_baseline"], cwd=ROOT)

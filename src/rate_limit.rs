@@ -110,7 +110,9 @@ impl RateLimiter {
             .is_some_and(|c| c.window_start == window_start);
         if !known {
             // First hit of this window here: start from what other instances have counted.
-            let shared = store::rate_limits::total(&self.db, &key, window_start)
+            // Boxed: held inline, this rare read's future would size, and be copied with,
+            // every request's.
+            let shared = Box::pin(store::rate_limits::total(&self.db, &key, window_start))
                 .await
                 .unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "could not read a shared rate-limit counter");

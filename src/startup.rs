@@ -34,9 +34,23 @@ use crate::{
     store::{self, group_commit::Writes},
 };
 
-/// What handlers share: built once at start, cloned cheaply into each request.
+/// What handlers share: built once at start, and attached to every request. One `Arc`, so
+/// that attaching it is one atomic count, not one for each of the dozen handles inside it
+/// (both runtime threads clone and drop it for every request; perf put the clone at 1.1% of
+/// the server's CPU under a GET load).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The state itself, behind [`AppState`].
+pub struct Shared {
     pub db: DatabaseConnection,
     /// The users reads, inline on SQLite (see `store::inline_reads`).
     pub reads: store::Reads,
@@ -58,7 +72,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
-impl AppState {
+impl Shared {
     /// Hits and misses of the read caches there are, by the name the metrics give them.
     pub fn cache_counts(&self) -> [(&'static str, Option<(u64, u64)>); 2] {
         [
@@ -387,7 +401,7 @@ pub(crate) async fn app_state(
     let page_cache = inline
         .and_then(|inline| PageCache::new(inline, args.page_cache_mib * MIB))
         .map(Arc::new);
-    Ok(AppState {
+    Ok(AppState(Arc::new(Shared {
         db: db.clone(),
         reads,
         user_cache,
@@ -403,7 +417,7 @@ pub(crate) async fn app_state(
         policy: Arc::new(Policy::from_args(args)),
         limiter,
         metrics: Arc::new(Metrics::new()),
-    })
+    })))
 }
 
 /// Expired idempotency records are dropped hourly (a reused key also drops its own).

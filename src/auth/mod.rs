@@ -17,7 +17,7 @@ use poem_openapi::{
 use self::key_cache::CachedKey;
 use crate::{
     api::edge::RequestContext,
-    domain::{ApiKeySecret, Scope, ScopeSet},
+    domain::{ApiKeySecret, KeyDigest, Scope, ScopeSet},
     error::AppError,
     rate_limit::Bucket,
     startup::AppState,
@@ -197,6 +197,29 @@ impl<'a> ApiExtractor<'a> for Auth {
     }
 }
 
+/// A key the cache does not hold, from the database; a live one is then cached.
+async fn load_key(state: &AppState, digest: KeyDigest) -> Result<CachedKey, AppError> {
+    let key = store::api_keys::find_by_hash(&state.db, &digest.to_hex())
+        .await?
+        .ok_or_else(|| AppError::InvalidToken("the API key is unknown".into()))?;
+    if key.revoked_at.is_some() {
+        return Err(AppError::InvalidToken(
+            "the API key has been revoked".into(),
+        ));
+    }
+    let principal = Principal {
+        subject: Subject::ApiKey(key.id),
+        scopes: ScopeSet::from_stored(&key.scopes),
+    };
+    let cached = || CachedKey {
+        key_id: key.id,
+        principal: principal.clone(),
+        expires_at: key.expires_at,
+    };
+    state.key_cache.put(digest, cached());
+    Ok(cached())
+}
+
 /// The token of an `Authorization: Bearer` header (the scheme name is case-insensitive).
 fn bearer_token(request: &Request) -> Result<&str, AppError> {
     let value = request
@@ -222,7 +245,8 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
     }
     if token.split('.').count() == 3 {
         return match &state.oauth {
-            Some(verifier) => verifier.verify(token).await,
+            // Boxed: see `verify_key`.
+            Some(verifier) => Box::pin(verifier.verify(token)).await,
             None => Err(AppError::InvalidToken(
                 "this server accepts no OAuth access tokens: no identity provider is configured"
                     .into(),
@@ -240,27 +264,9 @@ async fn verify_key(state: &AppState, token: &str) -> Result<Principal, AppError
     let digest = ApiKeySecret::digest_presented(token);
     let key = match state.key_cache.get(&digest) {
         Some(cached) => cached,
-        None => {
-            let key = store::api_keys::find_by_hash(&state.db, &digest.to_hex())
-                .await?
-                .ok_or_else(|| AppError::InvalidToken("the API key is unknown".into()))?;
-            if key.revoked_at.is_some() {
-                return Err(AppError::InvalidToken(
-                    "the API key has been revoked".into(),
-                ));
-            }
-            let principal = Principal {
-                subject: Subject::ApiKey(key.id),
-                scopes: ScopeSet::from_stored(&key.scopes),
-            };
-            let cached = || CachedKey {
-                key_id: key.id,
-                principal: principal.clone(),
-                expires_at: key.expires_at,
-            };
-            state.key_cache.put(digest, cached());
-            cached()
-        }
+        // Boxed, as `read_through` boxes its read: the lookup's future is large, and held
+        // inline it would be copied with every request's future, cached key or not.
+        None => Box::pin(load_key(state, digest)).await?,
     };
     let now = store::now();
     if key.expires_at.is_some_and(|at| at <= now) {

@@ -71,22 +71,27 @@ pub enum Lookup<V> {
 /// The stamp a miss saw, which a value read after it is kept under.
 pub struct Ticket(Option<CommitStamp>);
 
-/// `key`'s value from `cache` if it holds one, else what `read` reads (then kept there).
-pub async fn read_through<K, V, E>(
+/// `key`'s value from `cache` if it holds one, else what `read()` reads (then kept there).
+///
+/// The read is started, and boxed, only on a miss. Held inline, its future (a database read,
+/// 1.8 KiB for a user) sized this one and every future awaiting it, up to poem's boxed
+/// operation, and each of them was copied whole as it was created: on a hit as on a miss.
+pub async fn read_through<K, V, E, F>(
     cache: Option<&ReadCache<K, V>>,
     key: K,
-    read: impl Future<Output = Result<V, E>>,
+    read: impl FnOnce() -> F,
 ) -> Result<V, E>
 where
     K: Hash + Eq + Weight,
     V: Clone + Weight,
+    F: Future<Output = Result<V, E>>,
 {
     let ticket = match cache.map(|cache| cache.lookup(&key)) {
         Some(Lookup::Hit(value)) => return Ok(value),
         Some(Lookup::Miss(ticket)) => Some(ticket),
         None => None,
     };
-    let value = read.await?;
+    let value = Box::pin(read()).await?;
     if let (Some(cache), Some(ticket)) = (cache, ticket) {
         cache.keep(ticket, key, value.clone());
     }
