@@ -86,8 +86,12 @@ class Process:
         # Keep draining output so the pipes never fill and block the process; the log is kept
         # only when asked for (`--server-log`: with `RUST_LOG=info`, a line per request).
         for pipe in (self.proc.stdout, self.proc.stderr):
-            sink = open(log, "a") if log and pipe is self.proc.stderr else subprocess.DEVNULL
-            subprocess.Popen(["cat"], stdin=pipe, stdout=sink)
+            if log and pipe is self.proc.stderr:
+                # `cat` holds the file open; this process need not.
+                with open(log, "a") as sink:
+                    subprocess.Popen(["cat"], stdin=pipe, stdout=sink)
+            else:
+                subprocess.Popen(["cat"], stdin=pipe, stdout=subprocess.DEVNULL)
 
     def peak_rss_kib(self):
         status = Path(f"/proc/{self.proc.pid}/status").read_text()

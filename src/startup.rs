@@ -58,18 +58,18 @@ pub struct Shared {
     /// Present when OAuth access tokens are accepted.
     pub oauth: Option<Arc<OAuthVerifier>>,
     pub key_usage: KeyUsage,
-    pub key_cache: Arc<KeyCache>,
+    pub key_cache: KeyCache,
     /// Users as GET by id last sent them, and pages as listings did, on SQLite (see
     /// `store::read_cache`).
-    pub user_cache: Option<Arc<UserCache>>,
-    pub page_cache: Option<Arc<PageCache>>,
+    pub user_cache: Option<UserCache>,
+    pub page_cache: Option<PageCache>,
     /// User writes (creates, updates, deletes), committed in batches on SQLite (see
     /// `store::group_commit`).
     pub writes: Writes,
-    pub policy: Arc<Policy>,
+    pub policy: Policy,
     /// Present unless every rate limit is off.
     pub limiter: Option<Arc<RateLimiter>>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -396,11 +396,8 @@ pub(crate) async fn app_state(
     let inline = reads.inline_shared();
     let user_cache = inline
         .clone()
-        .and_then(|inline| UserCache::new(inline, args.user_cache_mib * MIB))
-        .map(Arc::new);
-    let page_cache = inline
-        .and_then(|inline| PageCache::new(inline, args.page_cache_mib * MIB))
-        .map(Arc::new);
+        .and_then(|inline| UserCache::new(inline, args.user_cache_mib * MIB));
+    let page_cache = inline.and_then(|inline| PageCache::new(inline, args.page_cache_mib * MIB));
     Ok(AppState(Arc::new(Shared {
         db: db.clone(),
         reads,
@@ -410,13 +407,13 @@ pub(crate) async fn app_state(
         oauth,
         key_usage,
         writes: Writes::start(db, db_args).await?,
-        key_cache: Arc::new(KeyCache::new(
+        key_cache: KeyCache::new(
             Duration::from_secs(args.key_cache_ttl_secs),
             args.key_cache_capacity,
-        )),
-        policy: Arc::new(Policy::from_args(args)),
+        ),
+        policy: Policy::from_args(args),
         limiter,
-        metrics: Arc::new(Metrics::new()),
+        metrics: Metrics::new(),
     })))
 }
 

@@ -351,7 +351,7 @@ pub type UserCache = ReadCache<i64, SentUser>;
 
 /// User `id` as sent, from the cache if there is one and it holds the user.
 async fn user_as_sent(state: &AppState, id: i64) -> Result<SentUser, AppError> {
-    read_through(state.user_cache.as_deref(), id, || async {
+    read_through(state.user_cache.as_ref(), id, || async {
         let user = store::users::get(&state.reads, id).await?;
         Ok(SentUser {
             etag: etag(&user).into(),
@@ -564,10 +564,8 @@ impl UsersApi {
             created_after: created_after.0,
             created_before: created_before.0,
         };
-        let page = read_through(state.page_cache.as_deref(), key, || {
-            read_page(&state, asked)
-        })
-        .await?;
+        let page =
+            read_through(state.page_cache.as_ref(), key, || read_page(&state, asked)).await?;
         Ok(ListUsersResponse::Ok(
             JsonText::replay(page.body),
             page.link.as_deref().map(String::from),

@@ -278,9 +278,9 @@ struct Checkpoints {
     /// Since when the writer has been waiting to restart the WAL: it asked for a background
     /// checkpoint, and restarts after that one (`None`: not waiting). Meanwhile the
     /// twice-a-second checkpoints pause: SQLite lets one checkpoint run at a time and a
-    /// RESTART that meets another fails at once. Without the pause, once PASSIVE checkpoints of a large WAL ran
-    /// back to back, every restart met one (15 of 15 in a 10 s run of idempotent creates)
-    /// and the WAL grew to 411 MB past its 64 MiB limit.
+    /// RESTART that meets another fails at once. Without the pause, once PASSIVE checkpoints
+    /// of a large WAL ran back to back, every restart met one (15 of 15 in a 10 s run of
+    /// idempotent creates) and the WAL grew to 411 MB past its 64 MiB limit.
     restart_waiting: std::sync::Mutex<Option<std::time::Instant>>,
     /// Held by whichever of the two runs a checkpoint: the pause above keeps the writer from
     /// waiting on it, this keeps a restart from ever meeting a checkpoint the pause let
