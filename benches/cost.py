@@ -12,7 +12,8 @@ doing. `cpu` runs wrk (as benches/bench.py does) against each binary in turn, al
 Both seed one fresh database of 1,000 users and use the scenarios /health/live, GET by id and
 the 50-user page; `cpu` also knows `--modes create` and `create_idempotent` (POST /users,
 without and with an Idempotency-Key, as benches/bench.py runs them; the users they create stay,
-so every build's later rounds find a larger table).
+so every build's later rounds find a larger table), `patch` and `mix` (PATCH /users/{id}, and
+90/10 get/patch, of the seeded users).
 """
 
 import argparse
@@ -86,6 +87,8 @@ def cpu(args, db, key):
                         result = bench.wrk(server.addr, "get", args, key, users=1000)
                     elif mode in ("create", "create_idempotent"):
                         result = bench.wrk(server.addr, mode, args, key)
+                    elif mode in ("patch", "mix"):
+                        result = bench.wrk(server.addr, mode, args, key, users=1000)
                     else:
                         result = bench.wrk(server.addr, "list", args, key, path=PATHS["list"](0))
                     used = cpu_seconds(server.proc.pid) - before
