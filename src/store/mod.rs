@@ -147,10 +147,12 @@ fn options(settings: &DbArgs, connections: u32, role: Role) -> ConnectOptions {
                 Role::Writer => sqlite
                     .statement_cache_capacity(WRITER_STATEMENTS)
                     // A multi-row INSERT inside a transaction keeps a statement journal (to undo
-                    // that statement alone if it fails); past 64 KiB, which a batch's INSERT
-                    // passes, SQLite moved it to a temporary file, created and unlinked for
-                    // every batch in /var/tmp (strace under POST load: 21% of the writer's
-                    // writes). Kept in memory instead; it never held anything a crash needs.
+                    // that statement alone if it fails); past 64 KiB, which nearly every batch's
+                    // INSERT passed, SQLite moved it to a temporary file, created and unlinked
+                    // for each batch in /var/tmp (strace under POST load: 21% of the writer's
+                    // writes). Kept in memory instead; it never held anything a crash needs, and
+                    // a batch's is bounded by its 64 rows. The pool keeps the default (files),
+                    // so that a large sort or temporary b-tree there can still spill to disk.
                     .pragma("temp_store", "memory"),
             }
         });
