@@ -213,6 +213,11 @@ def main():
             reads_again(["--user-cache-mib", "0", "--page-cache-mib", "0"],
                         "GET /users/{id}, --user-cache-mib 0",
                         "GET /users (50), --page-cache-mib 0")
+            # One runtime thread, so that the server and wrk have a core each (the default is
+            # one per core, for a machine the server has to itself).
+            reads_again(["--worker-threads", "1"],
+                        "GET /users/{id}, --worker-threads 1",
+                        "GET /users (50), --worker-threads 1")
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)

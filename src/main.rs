@@ -15,11 +15,17 @@ use users_api::{
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // Unset, tokio starts one per core (or as many as `TOKIO_WORKER_THREADS` says).
+    if let Some(threads) = cli.serve_args().worker_threads {
+        runtime.worker_threads(threads.get());
+    }
+    let runtime = runtime
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    runtime.block_on(run())
+    runtime.block_on(run(cli))
 }
 
 /// mimalloc reserves its heap in large aligned arenas. On a kernel whose transparent huge pages
@@ -35,8 +41,8 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-async fn run() -> ExitCode {
-    let Cli { db, command, serve } = Cli::parse();
+async fn run(cli: Cli) -> ExitCode {
+    let Cli { db, command, serve } = cli;
     let mut log_guard = None;
     let outcome: Result<(), Box<dyn std::error::Error>> = async {
         if let Some(Command::Openapi { yaml }) = command {

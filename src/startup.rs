@@ -349,7 +349,8 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let (db, ()) = open_database(db_args, async |db| bootstrap_admin_key(db, addr).await).await?;
     let shutdown = shutdown_signal()?;
-    tracing::info!(%addr, docs = %format!("http://{addr}/docs"), "listening");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%addr, docs = %format!("http://{addr}/docs"), workers, "listening");
 
     let state = app_state(&db, db_args, args, oauth).await?;
     let key_usage = state.key_usage.clone();

@@ -165,6 +165,8 @@ fn command() -> Command {
         "OAUTH_ISSUER",
         "OAUTH_AUDIENCE",
         "OAUTH_JWKS_URL",
+        "WORKER_THREADS",
+        "TOKIO_WORKER_THREADS",
     ] {
         command.env_remove(var);
     }

@@ -66,3 +66,21 @@ async fn metrics_can_require_their_own_token() {
     assert_eq!(right.status(), 200);
     assert!(!app.logs().await.contains("scrape-secret"));
 }
+
+/// `--worker-threads` sets how many runtime threads serve requests; without it, one per core.
+/// The `listening` line reports the count from the runtime itself.
+#[tokio::test]
+async fn worker_threads_sets_the_runtime_threads() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    for (extra, expected) in [(&["--worker-threads", "1"][..], 1), (&[][..], cores)] {
+        let app = spawn_app_with(extra).await;
+        assert_eq!(app.list_users("").await.status(), 200, "{extra:?}");
+        let logs = app.logs().await;
+        let listening: serde_json::Value = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .find(|event: &serde_json::Value| event["message"] == "listening")
+            .expect("a listening line");
+        assert_eq!(listening["workers"], expected, "{extra:?}");
+    }
+}
