@@ -15,6 +15,12 @@ use users_api::{
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    // First, before anything opens a database: so it always takes.
+    let sqlite_on_mimalloc = users_api::store::sqlite_memory::use_mimalloc();
+    debug_assert!(
+        sqlite_on_mimalloc,
+        "SQLite was used before main configured it"
+    );
     let cli = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     // Unset, tokio starts one per core (or as many as `TOKIO_WORKER_THREADS` says).

@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod inline_reads;
 pub mod rate_limits;
 pub mod read_cache;
+pub mod sqlite_memory;
 pub mod users;
 pub mod wal_index;
 
