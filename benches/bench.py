@@ -3,8 +3,8 @@
 
 Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
-scenario (the reads also with `--sqlite-locking exclusive`, and without the read caches; the
-deep-page pair without the page cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+scenario (the reads also with `--sqlite-locking exclusive`, without the read caches, and with
+one runtime thread; the deep-page pair without the page cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, writes it as JSON, and stops every process it started.
 """
 
