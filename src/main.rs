@@ -21,17 +21,17 @@ fn main() -> ExitCode {
         sqlite_on_mimalloc,
         "SQLite was used before main configured it"
     );
-    let cli = Cli::parse();
+    let args = Cli::parse();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     // Unset, tokio starts one per core (or as many as `TOKIO_WORKER_THREADS` says).
-    if let Some(threads) = cli.serve_args().worker_threads {
+    if let Some(threads) = args.serve_args().worker_threads {
         runtime.worker_threads(threads.get());
     }
     let runtime = runtime
         .enable_all()
         .build()
         .expect("the async runtime starts");
-    runtime.block_on(run(cli))
+    runtime.block_on(run(args))
 }
 
 /// mimalloc reserves its heap in large aligned arenas. On a kernel whose transparent huge pages
@@ -47,26 +47,25 @@ fn disable_transparent_huge_pages() {
     }
 }
 
-async fn run(cli: Cli) -> ExitCode {
-    let Cli { db, command, serve } = cli;
+async fn run(args: Cli) -> ExitCode {
     let mut log_guard = None;
     let outcome: Result<(), Box<dyn std::error::Error>> = async {
-        if let Some(Command::Openapi { yaml }) = command {
+        if let Some(Command::Openapi { yaml }) = args.command {
             cli::print_spec(yaml);
             return Ok(());
         }
+        let db = &args.db;
         log_guard = Some(telemetry::init(db.log_format));
-        match command {
-            None => startup::serve(&db, &serve).await,
-            Some(Command::Serve(serve)) => startup::serve(&db, &serve).await,
+        match args.command {
+            None | Some(Command::Serve(_)) => startup::serve(db, args.serve_args()).await,
             Some(Command::Migrate) => {
-                let (conn, ()) = startup::open_database(&db, async |_| Ok(())).await?;
+                let (conn, ()) = startup::open_database(db, async |_| Ok(())).await?;
                 conn.close().await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
             Some(Command::Keys { command }) => {
-                let (conn, ()) = startup::open_database(&db, async |_| Ok(())).await?;
+                let (conn, ()) = startup::open_database(db, async |_| Ok(())).await?;
                 cli::keys(&conn, command).await?;
                 conn.close().await?;
                 Ok(())
