@@ -51,8 +51,7 @@ async fn run(args: Cli) -> ExitCode {
     let mut log_guard = None;
     let outcome: Result<(), Box<dyn std::error::Error>> = async {
         if let Some(Command::Openapi { yaml }) = args.command {
-            cli::print_spec(yaml);
-            return Ok(());
+            return Ok(cli::print_spec(&mut std::io::stdout().lock(), yaml)?);
         }
         let db = &args.db;
         log_guard = Some(telemetry::init(db.log_format));
@@ -66,8 +65,9 @@ async fn run(args: Cli) -> ExitCode {
             }
             Some(Command::Keys { command }) => {
                 let (conn, ()) = startup::open_database(db, async |_| Ok(())).await?;
-                cli::keys(&conn, command).await?;
+                let printed = cli::keys(&conn, command, &mut std::io::stdout().lock()).await;
                 conn.close().await?;
+                printed?;
                 Ok(())
             }
             Some(Command::Openapi { .. }) => unreachable!("handled above"),
@@ -78,6 +78,13 @@ async fn run(args: Cli) -> ExitCode {
     drop(log_guard);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err)
+            if err
+                .downcast_ref()
+                .is_some_and(cli::CliError::is_closed_pipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("users-api: {err}");
             ExitCode::FAILURE

@@ -1,7 +1,7 @@
 //! Building the application and running the server.
 
 use std::{
-    io,
+    io::{self, Write},
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -449,13 +449,25 @@ async fn bootstrap_admin_key(db: &DatabaseConnection, addr: SocketAddr) -> Resul
     let (key, secret) = store::api_keys::create(db, &bootstrap, None).await?;
     audit::key_created(&key, "bootstrap");
     let rule = "=".repeat(78);
-    println!(
+    let mut out = io::stdout().lock();
+    let shown = writeln!(
+        out,
         "{rule}\n  users-api: no API keys existed, so this admin key (id {id}) was created.\n  \
          It is shown only this once; store it now.\n\n    {key}\n\n  \
          Try: curl -H 'Authorization: Bearer {key}' http://{addr}/api/v1/users\n{rule}",
         id = key.id,
         key = secret.plaintext(),
-    );
+    )
+    .and_then(|()| out.flush());
+    // A closed standard output is no reason not to serve; the key is, though, of no use.
+    if let Err(err) = shown {
+        tracing::warn!(
+            key_id = key.id,
+            error = %err,
+            "the bootstrap admin key could not be shown; revoke it with `users-api keys revoke` \
+             and create one with `users-api keys create`"
+        );
+    }
     Ok(())
 }
 

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use crate::helpers::{TestDb, assert_problem, eventually_status, spawn_app, spawn_app_with, start};
+use crate::helpers::{
+    TestDb, assert_problem, closed_pipe, command, eventually_status, spawn_app, spawn_app_with,
+    start,
+};
 
 /// RFC 6750: a bare challenge when no credentials came, `invalid_token` when bad ones did.
 fn assert_bearer_challenge(response: &reqwest::Response) {
@@ -275,6 +278,65 @@ async fn first_start_prints_one_admin_key_that_works_and_is_never_logged() {
     let again = start(db, key.clone(), &[]).await;
     assert!(!again.stdout().contains("uak_"), "the banner is shown once");
     assert_eq!(again.list_users("").await.status(), 200);
+}
+
+#[test]
+fn a_server_whose_banner_cannot_be_shown_still_serves() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDb::new();
+    let mut child = command()
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--database-url", &db.url])
+        .stdout(closed_pipe())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut warned = false;
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        assert!(!line.contains("panicked"), "{line}");
+        warned |= line.contains("the bootstrap admin key could not be shown");
+        if line.contains("\"listening\"") {
+            break;
+        }
+    }
+    let still_running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(warned, "the lost key is reported");
+    assert!(still_running, "and the server serves on");
+}
+
+#[test]
+fn keys_cli_on_a_closed_pipe() {
+    let db = TestDb::new();
+    db.create_key(&["users:read"]);
+    let listed = db.cli_into_closed_pipe(&["keys", "list"]);
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A secret nobody saw makes a key nobody can use: that is said, not passed over.
+    let created =
+        db.cli_into_closed_pipe(&["keys", "create", "--name", "lost", "--scope", "users:read"]);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(!created.status.success());
+    let id = stderr
+        .split_once("users-api: API key ")
+        .and_then(|(_, rest)| rest.split_once(" was created, but its secret could not be printed"))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        stderr.contains(&format!("revoke it with `users-api keys revoke {id}`")),
+        "{stderr}"
+    );
+    let listed = String::from_utf8(db.cli(&["keys", "list"]).stdout).unwrap();
+    assert!(
+        listed
+            .lines()
+            .any(|line| line.starts_with(&format!("{id}\t"))),
+        "{listed}"
+    );
 }
 
 #[tokio::test]

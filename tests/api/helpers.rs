@@ -126,6 +126,17 @@ impl TestDb {
             .expect("run users-api")
     }
 
+    /// Runs a CLI subcommand against this database with its standard output a pipe whose
+    /// reader has already gone, as under `users-api keys list | head -n 0`.
+    pub fn cli_into_closed_pipe(&self, args: &[&str]) -> Output {
+        command()
+            .args(args)
+            .env("DATABASE_URL", &self.url)
+            .stdout(closed_pipe())
+            .output()
+            .expect("run users-api")
+    }
+
     /// Creates a key with `keys create` and returns its id and secret (the last stdout line).
     pub fn create_key(&self, scopes: &[&str]) -> (i64, String) {
         let mut args = vec!["keys", "create", "--name", "test"];
@@ -151,7 +162,14 @@ impl Drop for TestDb {
     }
 }
 
-fn command() -> Command {
+/// The writing end of a pipe nobody reads: every write to it fails with `BrokenPipe`.
+pub fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    writer.into()
+}
+
+pub fn command() -> Command {
     let mut command = Command::new(BIN);
     for var in [
         "DATABASE_URL",

@@ -2,7 +2,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::{BIN, spawn_app};
+use crate::helpers::{BIN, closed_pipe, spawn_app};
 
 const REGENERATE: &str = "regenerate with: cargo run -q -- openapi > openapi/openapi.json && cargo run -q -- openapi --yaml > openapi/openapi.yaml";
 
@@ -31,6 +31,19 @@ fn committed_spec_matches_the_code() {
         committed("openapi.yaml") == printed(&["--yaml"]),
         "openapi/openapi.yaml is stale; {REGENERATE}"
     );
+}
+
+#[test]
+fn printing_the_spec_into_a_closed_pipe_stops_quietly() {
+    // `users-api openapi | head`: the reader stopping early is not the command failing.
+    let output = Command::new(BIN)
+        .arg("openapi")
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 #[tokio::test]
