@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::{TryFutureExt, future::Either};
 use poem::{
     Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Middleware, Request, Response, Route,
     Server,
@@ -159,17 +160,12 @@ fn is_page(path: &str) -> bool {
 impl<P: Endpoint, A: Endpoint> Endpoint for PagesOrApi<P, A> {
     type Output = Response;
 
-    async fn call(&self, request: Request) -> poem::Result<Response> {
+    // Not an `async fn`, which would hold the request twice (see `Edge::call`).
+    fn call(&self, request: Request) -> impl Future<Output = poem::Result<Response>> + Send {
         if is_page(request.uri().path()) {
-            self.pages
-                .call(request)
-                .await
-                .map(IntoResponse::into_response)
+            Either::Left(self.pages.call(request).map_ok(IntoResponse::into_response))
         } else {
-            self.api
-                .call(request)
-                .await
-                .map(IntoResponse::into_response)
+            Either::Right(self.api.call(request).map_ok(IntoResponse::into_response))
         }
     }
 }
