@@ -2,8 +2,9 @@
 //! command is asked to print (a spec, a key).
 
 use std::{
+    cell::RefCell,
     io::{self, BufWriter, IsTerminal, Stderr, Write},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     thread,
     time::Duration,
 };
@@ -11,6 +12,7 @@ use std::{
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 use self::json_line::{JsonLine, SpanFields};
+pub use self::json_line::{REQUEST_TARGET, RequestLine};
 
 use crate::config::LogFormat;
 
@@ -27,19 +29,53 @@ pub fn init(format: LogFormat) -> LogFlush {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let writer = BufferedStderr::start();
     let guard = LogFlush(writer.clone());
+    let writer_of_lines = writer.clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(io::stderr().is_terminal());
     // A second init (tests calling into the library) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder
-            .fmt_fields(SpanFields)
-            .event_format(JsonLine)
-            .try_init(),
-    };
+    match format {
+        LogFormat::Pretty => {
+            let _ = builder.try_init();
+        }
+        LogFormat::Json => {
+            let installed = builder
+                .fmt_fields(SpanFields)
+                .event_format(JsonLine)
+                .try_init();
+            if installed.is_ok() {
+                let _ = JSON_LINES.set(writer_of_lines);
+            }
+        }
+    }
     guard
+}
+
+/// Where JSON log lines go, once the JSON format is installed: request lines are written
+/// there directly (see [`RequestLine`]).
+static JSON_LINES: OnceLock<BufferedStderr> = OnceLock::new();
+
+impl RequestLine<'_> {
+    /// Logs the line, if `RUST_LOG` lets `info` of [`REQUEST_TARGET`] through.
+    pub fn log(&self) {
+        if !tracing::enabled!(target: REQUEST_TARGET, tracing::Level::INFO) {
+            return;
+        }
+        let Some(lines) = JSON_LINES.get() else {
+            return self.event();
+        };
+        thread_local! {
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            // Composed before the lock is taken, so that the lock is held for a copy only.
+            if self.write(line).is_ok() {
+                let _ = lines.lock().write_all(line.as_bytes());
+            }
+        });
+    }
 }
 
 /// Standard error behind a 64 KiB buffer that a background thread flushes every

@@ -23,6 +23,7 @@ use crate::{
     error::AppError,
     rate_limit::{Bucket, Decision},
     startup::AppState,
+    telemetry::RequestLine,
 };
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -264,14 +265,15 @@ impl<E: Endpoint> Endpoint for Edge<E> {
                 .metrics
                 .observe(operation, status, elapsed.as_secs_f64());
             let latency_ms = elapsed.as_micros() as f64 / 1000.0;
-            tracing::info!(
-                method = method.as_str(),
-                path = path.as_str(),
-                status = status.as_u16(),
+            RequestLine {
+                method: method.as_str(),
+                path: &path,
+                status: status.as_u16(),
                 latency_ms,
                 operation,
-                "request"
-            );
+                request_id: &request_id,
+            }
+            .log();
             Ok(response)
         }
         .instrument(span)

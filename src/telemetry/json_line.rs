@@ -264,6 +264,61 @@ impl Visit for SpanValues {
     }
 }
 
+/// One request's access-log line: what [`JsonLine`] writes for the edge's `request` event,
+/// raised inside the request's span, written here without going through `tracing`. Through
+/// it, the dispatch, the span lookup and the field visitors took 8% of the server's CPU under
+/// a GET load (perf); here it is a handful of writes. A test checks that both lines are the
+/// same, byte for byte.
+pub struct RequestLine<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub operation: &'a str,
+    pub request_id: &'a str,
+}
+
+/// The target request lines are logged under, and filtered by (`RUST_LOG`): the edge's.
+pub const REQUEST_TARGET: &str = "users_api::api::edge";
+
+impl RequestLine<'_> {
+    pub fn write(&self, out: &mut String) -> fmt::Result {
+        let mut out = Writer::new(out);
+        out.write_str("{\"timestamp\":\"")?;
+        match timestamp::write_log(&Utc::now()) {
+            Some(now) => out.write_str(now.as_str())?,
+            None => SystemTime.format_time(&mut out)?,
+        }
+        out.write_str("\",\"level\":\"INFO\",\"message\":\"request\",\"method\":")?;
+        string(&mut out, self.method)?;
+        out.write_str(",\"path\":")?;
+        string(&mut out, self.path)?;
+        write!(out, ",\"status\":{},\"latency_ms\":", self.status)?;
+        float(&mut out, self.latency_ms)?;
+        out.write_str(",\"operation\":")?;
+        string(&mut out, self.operation)?;
+        out.write_str(",\"target\":")?;
+        string(&mut out, REQUEST_TARGET)?;
+        out.write_str(",\"span\":{\"request_id\":")?;
+        string(&mut out, self.request_id)?;
+        out.write_str(",\"name\":\"request\"}}\n")
+    }
+
+    /// The same line as a `tracing` event, for the other log format; raised in the request's
+    /// span, which gives it the request id.
+    pub fn event(&self) {
+        tracing::info!(
+            target: REQUEST_TARGET,
+            method = self.method,
+            path = self.path,
+            status = self.status,
+            latency_ms = self.latency_ms,
+            operation = self.operation,
+            "request"
+        );
+    }
+}
+
 /// serde_json's form: shortest round-trip digits, and `null` for NaN and infinities.
 fn float(out: &mut Writer<'_>, value: f64) -> fmt::Result {
     match serde_json::Number::from_f64(value) {
@@ -411,17 +466,19 @@ mod tests {
         let out = Lines::default();
         tracing::subscriber::with_default(subscriber(out.clone()), emit);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|line| {
-                serde_json::from_str::<Value>(line).expect(line);
-                let rest = line.strip_prefix("{\"timestamp\":\"").expect(line);
-                let (stamp, rest) = rest.split_at(27);
-                // `SystemTime`'s form: microseconds and `Z`.
-                chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
-                assert_eq!((&stamp[19..20], &stamp[26..]), (".", "Z"), "{stamp}");
-                rest.to_owned()
-            })
-            .collect()
+        text.split_inclusive('\n').map(without_timestamp).collect()
+    }
+
+    /// A line as written, but for its timestamp, which is checked and cut out.
+    fn without_timestamp(line: &str) -> String {
+        assert!(line.ends_with('\n'), "{line}");
+        serde_json::from_str::<Value>(line).expect(line);
+        let rest = line.strip_prefix("{\"timestamp\":\"").expect(line);
+        let (stamp, rest) = rest.split_at(27);
+        // `SystemTime`'s form: microseconds and `Z`.
+        chrono::DateTime::parse_from_rfc3339(stamp).unwrap();
+        assert_eq!((&stamp[19..20], &stamp[26..]), (".", "Z"), "{stamp}");
+        rest.to_owned()
     }
 
     #[test]
@@ -451,5 +508,61 @@ mod tests {
         assert_eq!(ours.len(), 11);
         // Byte for byte: the same keys in the same order, the same escapes and number forms.
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn a_request_line_is_the_line_of_its_event() {
+        let requests = [
+            RequestLine {
+                method: "GET",
+                path: "/api/v1/users/8",
+                status: 200,
+                latency_ms: 0.012,
+                operation: "getUser",
+                request_id: "8d70a92c-57c4-4570-81c9-bb795c2edb64",
+            },
+            RequestLine {
+                method: "PATCH",
+                path: "/api/v1/users/\"%0a\\\u{1}é",
+                status: 412,
+                latency_ms: 1234.5,
+                operation: "unmatched",
+                request_id: "caller-chosen_id.1:2",
+            },
+            RequestLine {
+                method: "DELETE",
+                path: "",
+                status: 500,
+                latency_ms: 3.0,
+                operation: "other",
+                request_id: "x",
+            },
+        ];
+        let events: Vec<String> = requests
+            .iter()
+            .map(|request| {
+                let out = Lines::default();
+                let subscriber = tracing_subscriber::fmt()
+                    .with_writer(out.clone())
+                    .fmt_fields(SpanFields)
+                    .event_format(JsonLine)
+                    .finish();
+                tracing::subscriber::with_default(subscriber, || {
+                    let span = tracing::info_span!("request", request_id = request.request_id);
+                    span.in_scope(|| request.event());
+                });
+                let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+                without_timestamp(&line)
+            })
+            .collect();
+        let written: Vec<String> = requests
+            .iter()
+            .map(|request| {
+                let mut line = String::new();
+                request.write(&mut line).unwrap();
+                without_timestamp(&line)
+            })
+            .collect();
+        assert_eq!(written, events);
     }
 }

@@ -332,10 +332,22 @@ pub async fn start(db: Arc<TestDb>, key: String, extra: &[&str]) -> TestApp {
 
 /// Starts a server on an existing database reached at `url` (through a proxy, say).
 pub async fn start_via(db: Arc<TestDb>, key: String, url: &str, extra: &[&str]) -> TestApp {
+    start_with_env(db, key, url, extra, &[]).await
+}
+
+/// Starts a server with these environment variables set (`RUST_LOG`, say).
+pub async fn start_with_env(
+    db: Arc<TestDb>,
+    key: String,
+    url: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> TestApp {
     let mut child = command()
         .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
         .args(["--database-url", url])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

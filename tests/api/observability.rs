@@ -1,6 +1,8 @@
 //! Health checks and metrics.
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use std::sync::Arc;
+
+use crate::helpers::{TestDb, assert_problem, spawn_app, spawn_app_with, start_with_env};
 
 #[tokio::test]
 async fn health_checks_are_public() {
@@ -82,5 +84,26 @@ async fn worker_threads_sets_the_runtime_threads() {
             .find(|event: &serde_json::Value| event["message"] == "listening")
             .expect("a listening line");
         assert_eq!(listening["workers"], expected, "{extra:?}");
+    }
+}
+
+/// Request lines obey `RUST_LOG` by their target, as every other line does.
+#[tokio::test]
+async fn the_access_log_can_be_turned_off() {
+    let request_lines = |logs: &str| {
+        logs.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == "request")
+            .count()
+    };
+    for (filter, expected) in [("info", 1), ("info,users_api::api::edge=warn", 0)] {
+        let db = Arc::new(TestDb::new());
+        let (_, key) = db.create_key(&["admin"]);
+        let url = db.url.clone();
+        let app = start_with_env(db, key, &url, &[], &[("RUST_LOG", filter)]).await;
+        assert_eq!(app.list_users("").await.status(), 200);
+        let logs = app.logs().await;
+        assert!(logs.contains("\"listening\""), "other lines stay: {logs}");
+        assert_eq!(request_lines(&logs), expected, "RUST_LOG={filter}: {logs}");
     }
 }
