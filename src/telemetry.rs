@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use futures_util::future::Either;
+use tracing::Instrument;
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
 use self::json_line::{JsonLine, SpanFields};
@@ -55,6 +57,21 @@ pub fn init(format: LogFormat) -> LogFlush {
 /// Where JSON log lines go, once the JSON format is installed: request lines are written
 /// there directly (see [`RequestLine`]).
 static JSON_LINES: OnceLock<BufferedStderr> = OnceLock::new();
+
+/// Runs `work`, a request's, so that every line it logs names the request by its id: with
+/// the JSON format, in a task-local value that the format writes as the `request` span's
+/// fields would be written (`"span":{"request_id":…,"name":"request"}`); with the other
+/// format, in a `request` span. A span cost about 5% of the server's CPU under a GET load
+/// (perf: its creation, its entry and exit at every poll, its closing); the task-local, a
+/// swap of a thread-local at every poll.
+pub fn in_request<F: Future>(request_id: String, work: F) -> impl Future<Output = F::Output> {
+    if JSON_LINES.get().is_some() {
+        Either::Left(json_line::REQUEST_ID.scope(request_id, work))
+    } else {
+        let span = tracing::info_span!(target: REQUEST_TARGET, "request", request_id = request_id.as_str());
+        Either::Right(work.instrument(span))
+    }
+}
 
 impl RequestLine<'_> {
     /// Logs the line, if `RUST_LOG` lets `info` of [`REQUEST_TARGET`] through.

@@ -15,7 +15,6 @@ use poem::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
 };
 use poem_openapi::OperationId;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use super::problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem};
@@ -23,7 +22,7 @@ use crate::{
     error::AppError,
     rate_limit::{Bucket, Decision},
     startup::AppState,
-    telemetry::RequestLine,
+    telemetry::{self, RequestLine},
 };
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -210,13 +209,9 @@ impl<E: Endpoint> Endpoint for Edge<E> {
         // nothing until polled: the routes see the request only if `answer` lets it through.
         let inner = Box::pin(AssertUnwindSafe(self.inner.call(request)).catch_unwind());
         let started = Instant::now();
-        // Fields as `&str`, not `%` (Display): the same log text, without a pass through
-        // `fmt` machinery for each.
-        let span = tracing::info_span!("request", request_id = request_id.as_str());
 
-        // Everything below runs in the request's span, the access-log line included, so
-        // the span is entered per poll and never cloned.
-        async move {
+        // Everything below logs as the request's, the access-log line included.
+        telemetry::in_request(request_id.clone(), async move {
             let asked = Asked {
                 refused_headers,
                 request_id: &request_id,
@@ -275,8 +270,7 @@ impl<E: Endpoint> Endpoint for Edge<E> {
             }
             .log();
             Ok(response)
-        }
-        .instrument(span)
+        })
     }
 }
 

@@ -70,7 +70,12 @@ where
             .parent()
             .and_then(|id| ctx.span(id))
             .or_else(|| ctx.lookup_current());
-        if let Some(span) = span {
+        // Without a span, the request the task answers, if it stands in for its span.
+        if span.is_none()
+            && let Ok(written) = REQUEST_ID.try_with(|id| request_span(&mut writer, id))
+        {
+            written?;
+        } else if let Some(span) = span {
             writer.write_str(",\"span\":{")?;
             let extensions = span.extensions();
             // A span's fields are kept as the text of a JSON object: `{"k":v,...}`.
@@ -88,6 +93,19 @@ where
         }
         writer.write_str("}\n")
     }
+}
+
+tokio::task_local! {
+    /// The id of the request the current task answers, where it stands in for the request's
+    /// span (see [`super::in_request`]).
+    pub(super) static REQUEST_ID: String;
+}
+
+/// `,"span":{…}` as a `request` span whose one field is `request_id` is written.
+fn request_span(out: &mut Writer<'_>, request_id: &str) -> fmt::Result {
+    out.write_str(",\"span\":{\"request_id\":")?;
+    string(out, request_id)?;
+    out.write_str(",\"name\":\"request\"}")
 }
 
 /// Writes each field as `,"name":value`, as tracing-serde would: numbers and booleans bare,
@@ -299,9 +317,8 @@ impl RequestLine<'_> {
         string(&mut out, self.operation)?;
         out.write_str(",\"target\":")?;
         string(&mut out, REQUEST_TARGET)?;
-        out.write_str(",\"span\":{\"request_id\":")?;
-        string(&mut out, self.request_id)?;
-        out.write_str(",\"name\":\"request\"}}\n")
+        request_span(&mut out, self.request_id)?;
+        out.write_str("}\n")
     }
 
     /// The same line as a `tracing` event, for the other log format; raised in the request's
@@ -538,23 +555,43 @@ mod tests {
                 request_id: "x",
             },
         ];
-        let events: Vec<String> = requests
-            .iter()
-            .map(|request| {
-                let out = Lines::default();
-                let subscriber = tracing_subscriber::fmt()
-                    .with_writer(out.clone())
-                    .fmt_fields(SpanFields)
-                    .event_format(JsonLine)
-                    .finish();
-                tracing::subscriber::with_default(subscriber, || {
-                    let span = tracing::info_span!("request", request_id = request.request_id);
-                    span.in_scope(|| request.event());
-                });
-                let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-                without_timestamp(&line)
-            })
-            .collect();
+        // The event in the request's span, or with an id in the task-local that stands in
+        // for the span: `Some(None)` the request's own id, `Some(Some(id))` another one.
+        let events = |in_span: bool, in_task: Option<Option<&str>>| -> Vec<String> {
+            requests
+                .iter()
+                .map(|request| {
+                    let out = Lines::default();
+                    let subscriber = tracing_subscriber::fmt()
+                        .with_writer(out.clone())
+                        .fmt_fields(SpanFields)
+                        .event_format(JsonLine)
+                        .finish();
+                    let event = || match in_span {
+                        true => tracing::info_span!("request", request_id = request.request_id)
+                            .in_scope(|| request.event()),
+                        false => request.event(),
+                    };
+                    tracing::subscriber::with_default(subscriber, || match in_task {
+                        Some(id) => {
+                            let id = id.unwrap_or(request.request_id).to_owned();
+                            REQUEST_ID.sync_scope(id, event)
+                        }
+                        None => event(),
+                    });
+                    let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+                    without_timestamp(&line)
+                })
+                .collect()
+        };
+        let in_span = events(true, None);
+        assert_eq!(
+            events(false, Some(None)),
+            in_span,
+            "the task-local as the span"
+        );
+        assert_eq!(events(true, Some(Some("other"))), in_span, "a span wins");
+        let events = in_span;
         let written: Vec<String> = requests
             .iter()
             .map(|request| {

@@ -1,6 +1,6 @@
 //! What only the embedded SQLite default has: a file it creates, and WAL mode.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     TestDb, acknowledged, assert_all_stored, assert_problem, kill9_under_creates, spawn_app,
@@ -254,15 +254,36 @@ async fn stored_text_that_is_not_utf8_is_a_server_error() {
         id,
     )
     .await;
+    let mut request_ids = Vec::new();
     for response in [app.list_users("").await, app.get_user(id).await] {
         let problem = assert_problem(response, 500).await;
         assert_eq!(problem["type"], "urn:users-api:problem:internal-error");
+        request_ids.push(problem["request_id"].clone());
     }
     let logs = app.logs().await;
     assert!(
         logs.contains("a listed user's stored text is not UTF-8"),
         "{logs}"
     );
+    // Each 500 is logged with the id its problem names, on its cause's line as on the
+    // access line.
+    for request_id in request_ids {
+        let lines: Vec<Value> = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["span"]["request_id"] == request_id)
+            .collect();
+        assert!(
+            lines.iter().any(|line| line["level"] == "ERROR"),
+            "{request_id}: {logs}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|line| line["message"] == "request" && line["status"] == 500),
+            "{request_id}: {logs}"
+        );
+    }
 }
 
 /// `--sqlite-locking exclusive`: the server holds the file alone while it runs (other
