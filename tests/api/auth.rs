@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 
 use crate::helpers::{
-    TestDb, assert_problem, closed_pipe, command, eventually_status, spawn_app, spawn_app_with,
-    start,
+    TestDb, assert_problem, closed_pipe, eventually_status, serve_command, spawn_app,
+    spawn_app_with, start,
 };
 
 /// RFC 6750: a bare challenge when no credentials came, `invalid_token` when bad ones did.
@@ -284,9 +284,7 @@ async fn first_start_prints_one_admin_key_that_works_and_is_never_logged() {
 fn a_server_whose_banner_cannot_be_shown_still_serves() {
     use std::io::{BufRead, BufReader};
     let db = TestDb::new();
-    let mut child = command()
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--database-url", &db.url])
+    let mut child = serve_command(&db.url, &[])
         .stdout(closed_pipe())
         .stderr(std::process::Stdio::piped())
         .spawn()

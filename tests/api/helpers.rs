@@ -119,22 +119,22 @@ impl TestDb {
 
     /// Runs a CLI subcommand against this database, whatever its outcome.
     pub fn cli_output(&self, args: &[&str]) -> Output {
-        command()
-            .args(args)
-            .env("DATABASE_URL", &self.url)
-            .output()
-            .expect("run users-api")
+        self.cli_command(args).output().expect("run users-api")
     }
 
     /// Runs a CLI subcommand against this database with its standard output a pipe whose
     /// reader has already gone, as under `users-api keys list | head -n 0`.
     pub fn cli_into_closed_pipe(&self, args: &[&str]) -> Output {
-        command()
-            .args(args)
-            .env("DATABASE_URL", &self.url)
+        self.cli_command(args)
             .stdout(closed_pipe())
             .output()
             .expect("run users-api")
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = command();
+        command.args(args).env("DATABASE_URL", &self.url);
+        command
     }
 
     /// Creates a key with `keys create` and returns its id and secret (the last stdout line).
@@ -169,7 +169,17 @@ pub fn closed_pipe() -> std::process::Stdio {
     writer.into()
 }
 
-pub fn command() -> Command {
+/// `users-api serve` on a free port of 127.0.0.1, logging JSON, on the database at `url`.
+pub fn serve_command(url: &str, extra: &[&str]) -> Command {
+    let mut command = command();
+    command
+        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
+        .args(["--database-url", url])
+        .args(extra);
+    command
+}
+
+fn command() -> Command {
     let mut command = Command::new(BIN);
     for var in [
         "DATABASE_URL",
@@ -343,10 +353,7 @@ pub async fn start_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> TestApp {
-    let mut child = command()
-        .args(["serve", "--bind", "127.0.0.1:0", "--log-format", "json"])
-        .args(["--database-url", url])
-        .args(extra)
+    let mut child = serve_command(url, extra)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
