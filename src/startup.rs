@@ -9,8 +9,7 @@ use std::{
 
 use futures_util::{TryFutureExt, future::Either};
 use poem::{
-    Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Middleware, Request, Response, Route,
-    Server,
+    Endpoint, EndpointExt, IntoResponse, Middleware, Request, Response, Route, Server,
     endpoint::BoxEndpoint,
     error::MethodNotAllowedError,
     get,
@@ -125,7 +124,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         );
     let routes = PagesOrApi {
         pages,
-        api: service.into_endpoint(),
+        api: api::routes::routes(api::apis()),
     };
     let allow = AllowTable::new(&document, &[&["/"], PAGES.as_slice()].concat());
     // With CORS, errors become problems below it so that it decorates them too; without, the

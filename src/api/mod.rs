@@ -8,6 +8,7 @@ pub mod encode;
 pub mod operations;
 pub mod payload;
 pub mod problem;
+pub mod routes;
 pub mod users;
 
 use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
@@ -74,10 +75,16 @@ fn parse_cursor(raw: Option<&CursorText>, query: &ListQuery) -> Result<Option<Cu
         .map_err(AppError::BadRequest)
 }
 
+/// Every API of the service: one value for the spec and the routes alike.
+pub type Apis = (UsersApi, ApiKeysApi, OperationsApi);
+
+pub fn apis() -> Apis {
+    (UsersApi, ApiKeysApi, OperationsApi)
+}
+
 /// The OpenAPI service: the source of the spec, the routes and the Swagger UI.
-pub fn service() -> OpenApiService<(UsersApi, ApiKeysApi, OperationsApi), ()> {
-    let api = (UsersApi, ApiKeysApi, OperationsApi);
-    OpenApiService::new(api, "users-api", env!("CARGO_PKG_VERSION"))
+pub fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(apis(), "users-api", env!("CARGO_PKG_VERSION"))
         .description(DESCRIPTION)
         .license(LicenseObject::new("MIT").url("https://spdx.org/licenses/MIT.html"))
         .extra_response_header::<String, _>(ExtraHeader::new("X-Request-Id").description(

@@ -109,6 +109,53 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     }
 }
 
+/// The `Allow` of a readable path names HEAD: it is the GET's answer without the body, query
+/// parameters and errors included.
+#[tokio::test]
+async fn head_answers_as_get_without_the_body() {
+    let app = spawn_app().await;
+    for name in ["Ann", "Bob", "Cy"] {
+        app.create_user_id(&json!({"name": name, "role": "Dev"}))
+            .await;
+    }
+    let id = app
+        .create_user_id(&json!({"name": "Dee", "role": "Ops"}))
+        .await;
+    let head = async |path: &str| app.request(Method::HEAD, path).send().await.unwrap();
+    for path in [
+        format!("/api/v1/users/{id}"),
+        "/api/v1/users?limit=2&sort=name".to_owned(),
+    ] {
+        let get = app.request(Method::GET, &path).send().await.unwrap();
+        let head = head(&path).await;
+        assert_eq!(head.status(), 200, "{path}");
+        for name in ["content-type", "etag", "link"] {
+            assert_eq!(
+                head.headers().get(name),
+                get.headers().get(name),
+                "{path}: {name}"
+            );
+        }
+        assert!(!get.bytes().await.unwrap().is_empty());
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // The query reaches the operation: a page of 2 of 4 users links to the next...
+    assert!(
+        head("/api/v1/users?limit=2")
+            .await
+            .headers()
+            .contains_key("link")
+    );
+    // ...and is checked by it.
+    let bad_query = head("/api/v1/users?limit=100000").await;
+    assert_eq!(bad_query.status(), 400);
+    assert_eq!(
+        bad_query.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(head("/api/v1/users/999999").await.status(), 404);
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_413_and_store_nothing() {
     let app = spawn_app_with(&["--max-body-bytes", "1024"]).await;
