@@ -127,17 +127,17 @@ async fn head_answers_as_get_without_the_body() {
         "/api/v1/users?limit=2&sort=name".to_owned(),
     ] {
         let get = app.request(Method::GET, &path).send().await.unwrap();
-        let head = head(&path).await;
-        assert_eq!(head.status(), 200, "{path}");
+        let headed = head(&path).await;
+        assert_eq!(headed.status(), 200, "{path}");
         for name in ["content-type", "etag", "link"] {
             assert_eq!(
-                head.headers().get(name),
+                headed.headers().get(name),
                 get.headers().get(name),
                 "{path}: {name}"
             );
         }
         assert!(!get.bytes().await.unwrap().is_empty());
-        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+        assert!(headed.bytes().await.unwrap().is_empty(), "{path}");
     }
     // The query reaches the operation: a page of 2 of 4 users links to the next...
     assert!(
