@@ -30,8 +30,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// What the edge learns of a request, attached once for whatever needs it.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
-    /// The id the request is known by.
-    pub id: String,
+    /// The id the request is known by; one string, shared with the task-local that names the
+    /// request's log lines and with the request line, rather than a copy for each.
+    pub id: Arc<str>,
     /// Where the request came from: the peer, or with `--trust-forwarded-for` the first
     /// `X-Forwarded-For` hop.
     pub client_ip: Option<IpAddr>,
@@ -60,21 +61,21 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// A caller-supplied id is kept when it is short and plain enough to be safe in logs and
 /// headers; anything else is replaced.
-fn incoming_request_id(request: &Request) -> Option<String> {
+fn incoming_request_id(request: &Request) -> Option<Arc<str>> {
     let value = request.headers().get(REQUEST_ID)?.to_str().ok()?;
     let sane = (1..=128).contains(&value.len())
         && value
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    sane.then(|| value.to_owned())
+    sane.then(|| value.into())
 }
 
 /// A new UUID, encoded directly rather than through `Display`.
-fn new_request_id() -> String {
+fn new_request_id() -> Arc<str> {
     Uuid::new_v4()
         .hyphenated()
         .encode_lower(&mut Uuid::encode_buffer())
-        .to_owned()
+        .into()
 }
 
 fn client_ip(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {

@@ -14,6 +14,7 @@
 use std::{
     borrow::Cow,
     fmt::{self, Write},
+    sync::Arc,
 };
 
 use chrono::Utc;
@@ -98,7 +99,7 @@ where
 tokio::task_local! {
     /// The id of the request the current task answers, where it stands in for the request's
     /// span (see [`super::in_request`]).
-    pub(super) static REQUEST_ID: String;
+    pub(super) static REQUEST_ID: Arc<str>;
 }
 
 /// `,"span":{…}` as a `request` span whose one field is `request_id` is written.
@@ -574,7 +575,7 @@ mod tests {
                     };
                     tracing::subscriber::with_default(subscriber, || match in_task {
                         Some(id) => {
-                            let id = id.unwrap_or(request.request_id).to_owned();
+                            let id = Arc::from(id.unwrap_or(request.request_id));
                             REQUEST_ID.sync_scope(id, event)
                         }
                         None => event(),
