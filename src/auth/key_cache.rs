@@ -11,7 +11,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 
-use super::Principal;
+use super::{Principal, key_hash::KeyHash};
 use crate::domain::KeyDigest;
 
 #[derive(Clone)]
@@ -32,7 +32,7 @@ pub struct CachedKey {
 pub struct KeyCache {
     ttl: Duration,
     capacity: usize,
-    entries: Mutex<HashMap<KeyDigest, Entry>>,
+    entries: Mutex<HashMap<KeyDigest, Entry, KeyHash>>,
 }
 
 impl KeyCache {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod key_cache;
+pub mod key_hash;
 pub mod oauth;
 pub mod usage;
 

@@ -10,12 +10,13 @@ use std::{
 use chrono::{DateTime, Utc};
 use sea_orm::DatabaseConnection;
 
+use super::key_hash::KeyHash;
 use crate::store;
 
 /// Pending last-use times, shared by all requests of this process.
 #[derive(Clone, Default)]
 pub struct KeyUsage {
-    pending: Arc<Mutex<HashMap<i64, DateTime<Utc>>>>,
+    pending: Arc<Mutex<HashMap<i64, DateTime<Utc>, KeyHash>>>,
 }
 
 impl KeyUsage {
