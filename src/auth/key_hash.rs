@@ -32,10 +32,8 @@ impl Hasher for KeyHasher {
         self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(MULTIPLIER);
     }
 
-    fn write_i64(&mut self, word: i64) {
-        self.write_u64(word as u64);
-    }
-
+    // `write_i64` (an id) comes here by default; `write_usize` (a digest's length) would go
+    // through `write` and its loop.
     fn write_usize(&mut self, word: usize) {
         self.write_u64(word as u64);
     }
