@@ -2,7 +2,11 @@
 //! whose validation is ours, so every rejected field comes back in one problem with a pointer.
 
 use bytes::Bytes;
-use poem::{Request, RequestBody, error::ReadBodyError, http::header};
+use poem::{
+    Request, RequestBody,
+    error::ReadBodyError,
+    http::{HeaderValue, header},
+};
 use poem_openapi::{
     impl_apirequest_for_payload,
     payload::{ParsePayload, Payload},
@@ -195,8 +199,11 @@ impl<T> JsonText<T> {
     }
 }
 
+/// The media type of every JSON body the API sends.
+const JSON_TEXT: &str = "application/json; charset=utf-8";
+
 impl<T: Type + Send> Payload for JsonText<T> {
-    const CONTENT_TYPE: &'static str = "application/json; charset=utf-8";
+    const CONTENT_TYPE: &'static str = JSON_TEXT;
 
     fn schema_ref() -> MetaSchemaRef {
         T::schema_ref()
@@ -209,8 +216,11 @@ impl<T: Type + Send> Payload for JsonText<T> {
 
 impl<T: Send> poem::IntoResponse for JsonText<T> {
     fn into_response(self) -> poem::Response {
+        // A value made at compile time: `content_type` copies and checks the text each call
+        // (callgrind: ~640 instructions a response).
+        const JSON: HeaderValue = HeaderValue::from_static(JSON_TEXT);
         poem::Response::builder()
-            .content_type("application/json; charset=utf-8")
+            .header(header::CONTENT_TYPE, JSON)
             .body(self.body)
     }
 }
