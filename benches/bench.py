@@ -5,7 +5,8 @@ Builds the production profile, seeds fresh SQLite databases directly (not throug
 server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
 scenario (the reads also with `--sqlite-locking exclusive`, without the read caches, and with
 one runtime thread; the deep-page pair without the page cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
-same run, writes it as JSON, and stops every process it started.
+same run, with the share of the machine's CPU time lost to steal and spent in I/O wait during
+each scenario, writes it as JSON, and stops every process it started.
 """
 
 import argparse
@@ -120,18 +121,35 @@ def server(db_path, extra=(), wrapper=()):
     )
 
 
+def cpu_times():
+    """The machine's CPU time so far, all cores (`/proc/stat`, in clock ticks): `total`, and
+    `steal` (time the hypervisor gave this virtual machine's cores to others) and `iowait`."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return {"total": sum(fields), "iowait": fields[4], "steal": fields[7]}
+
+
+def disturbance(before, after):
+    """The share of the machine's CPU time lost to steal and spent waiting for I/O in between:
+    a scenario that lost CPU time to steal measured the host as much as the service."""
+    total = max(after["total"] - before["total"], 1)
+    return {f"{name}_pct": 100 * (after[name] - before[name]) / total for name in ("steal", "iowait")}
+
+
 def wrk(addr, mode, args, key="", path="/", users=1000):
     # BENCH_RUN tells runs apart: wrk's random numbers repeat from run to run, and idempotency
     # keys made from them alone would replay an earlier run's creates on the same database.
     env = dict(os.environ, BENCH_MODE=mode, BENCH_KEY=key, BENCH_PATH=path, BENCH_USERS=str(users),
                BENCH_RUN=str(time.time_ns()))
     # Quiet logging: the benchmark measures the service, not the terminal.
+    before = cpu_times()
     out = run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), f"http://{addr}"],
               env=env, capture_output=True, text=True).stdout
+    disturbed = disturbance(before, cpu_times())
     line = next(l for l in out.splitlines() if l.startswith("BENCH "))
     result = json.loads(line[len("BENCH "):])
     result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result.update(disturbed)
     return result
 
 
@@ -236,14 +254,20 @@ def main():
     ceiling = results["baseline (bare hyper)"]["rps"]
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.users} users, "
           f"{os.cpu_count()} cores shared by server and wrk\n")
-    print(f"{'scenario':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}")
+    print(f"{'scenario':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}"
+          f" {'steal':>6} {'iowait':>7}")
     for name, r in results.items():
         r["ratio_to_baseline"] = r["rps"] / ceiling
         errors = r["socket_errors"] + r["non_2xx"]
         print(f"{name:44} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
-              f"{errors:7d} {r['ratio_to_baseline']:11.1%}")
+              f"{errors:7d} {r['ratio_to_baseline']:11.1%} {r['steal_pct']:5.1f}% {r['iowait_pct']:6.1f}%")
     first = results[first_page]["rps"]
     deep_rps = results[deep_page]["rps"]
+    # I/O wait is shown, not judged: the writes' own fsyncs cause some.
+    stolen = [name for name, r in results.items() if r["steal_pct"] >= 1]
+    if stolen:
+        print(f"\nthe machine lost 1% or more of its CPU time to steal during: {'; '.join(stolen)}: "
+              f"those figures measure the host as much as the service")
     print(f"\npeak RSS of the server under load: {peak_rss / 1024:.1f} MiB")
     print(f"page 1000 of {args.deep_users:,} users vs page 1: {first / deep_rps:.2f}x the cost")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
