@@ -140,8 +140,8 @@ def wrk(addr, mode, args, key="", path="/", users=1000):
     # keys made from them alone would replay an earlier run's creates on the same database.
     env = dict(os.environ, BENCH_MODE=mode, BENCH_KEY=key, BENCH_PATH=path, BENCH_USERS=str(users),
                BENCH_RUN=str(time.time_ns()))
-    # Quiet logging: the benchmark measures the service, not the terminal.
     before = cpu_times()
+    # Quiet logging: the benchmark measures the service, not the terminal.
     out = run(["wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--timeout", "5s",
                "-s", str(WRK_SCRIPT), f"http://{addr}"],
               env=env, capture_output=True, text=True).stdout
