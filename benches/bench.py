@@ -247,6 +247,9 @@ def main():
             cursor = deep_cursor(deep.addr, deep_key, 999 * 50)
             results[deep_page] = wrk(
                 deep.addr, "list", args, deep_key, path=f"/api/v1/users?limit=50&cursor={cursor}")
+            # Writes into large tables: each touches pages spread over bigger indexes, so
+            # more of them reach the WAL and the database file.
+            results[f"POST /users, {args.deep_users:,} users"] = wrk(deep.addr, "create", args, deep_key)
     finally:
         for process in started:
             process.stop()

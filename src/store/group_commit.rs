@@ -25,9 +25,9 @@ use sea_orm::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    WalLimit,
     idempotency::{self, Claim, Outcome, Recorded},
     users,
+    wal_limit::WalLimit,
 };
 use crate::{
     config::DbArgs,
@@ -93,7 +93,7 @@ impl Writes {
     pub async fn start(db: &DatabaseConnection, settings: &DbArgs) -> Result<Self, DbErr> {
         let batches = if db.get_database_backend() == DbBackend::Sqlite {
             let writer = super::connect_writer(settings).await?;
-            let wal = WalLimit::start(db, &writer, settings).await?;
+            let wal = WalLimit::start(&writer, settings).await?;
             let (sender, receiver) = mpsc::channel(MAX_BATCH * 4);
             tokio::spawn(run(writer, receiver, wal));
             Some(sender)

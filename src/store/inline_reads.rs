@@ -14,7 +14,7 @@
 //! write left, as on the pool: each statement is its own WAL read transaction.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU32, AtomicU64, Ordering},
@@ -50,6 +50,21 @@ const MAX_IDLE: usize = 8;
 /// lock took 11% of the server's CPU (perf), most of it in the system calls and in threads
 /// waiting on each other for the mutex.
 pub const EXCLUSIVE_VFS: &str = "unix-excl";
+
+/// A connection of this process's own to the database file, on the VFS `locking` asks for.
+pub fn open_file(
+    path: &Path,
+    flags: OpenFlags,
+    locking: SqliteLocking,
+) -> rusqlite::Result<Connection> {
+    match locking {
+        SqliteLocking::Shared => Connection::open_with_flags(path, flags),
+        SqliteLocking::Exclusive => {
+            let vfs = std::ffi::CString::new(EXCLUSIVE_VFS).expect("no NUL in a VFS name");
+            Connection::open_with_flags_and_vfs(path, flags, vfs.as_c_str())
+        }
+    }
+}
 
 /// The pool of read-only connections to one SQLite database file.
 pub struct InlineReads {
@@ -114,21 +129,18 @@ impl InlineReads {
         // one thread at a time.
         let no_mutex = OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let connection = match self.locking {
-            SqliteLocking::Shared => Connection::open_with_flags(
+            SqliteLocking::Shared => open_file(
                 &self.path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | no_mutex,
+                self.locking,
             )?,
             SqliteLocking::Exclusive => {
                 // Opened read-write, as the process's other connections are: a read-only one
                 // takes its own lock on the file, which, all locks of a process being one,
                 // would turn the process's exclusive lock into a shared one whenever no other
                 // connection held the file. Made read-only by `query_only` instead.
-                let vfs = std::ffi::CString::new(EXCLUSIVE_VFS).expect("no NUL in a VFS name");
-                let connection = Connection::open_with_flags_and_vfs(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE | no_mutex,
-                    vfs.as_c_str(),
-                )?;
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | no_mutex;
+                let connection = open_file(&self.path, flags, self.locking)?;
                 connection.pragma_update(None, "query_only", true)?;
                 connection
             }

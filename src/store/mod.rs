@@ -9,6 +9,7 @@ pub mod read_cache;
 pub mod sqlite_memory;
 pub mod users;
 pub mod wal_index;
+pub mod wal_limit;
 
 use std::{
     path::PathBuf,
@@ -20,8 +21,8 @@ use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
 
 use sea_orm::{
-    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
-    DbErr, EntityTrait, FromQueryResult, PrimaryKeyTrait, QueryTrait, Statement, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, PrimaryKeyTrait, QueryTrait, Statement, TransactionTrait,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 
@@ -258,201 +259,6 @@ pub async fn database_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, D
     Ok((!file.is_empty()).then(|| PathBuf::from(file)))
 }
 
-/// Keeps a SQLite WAL short without making writes wait for it, and near
-/// `--sqlite-wal-limit-mib` under steady writes.
-///
-/// Left to itself, SQLite checkpoints inside whichever commit takes the WAL past 1,000 pages:
-/// that one write waits for the copy into the database file and its fsync, and behind the
-/// group commit so does every write queued after it (the 800 ms PATCH p99 in the benchmark).
-/// With automatic checkpoints off, a background task runs a PASSIVE checkpoint twice a second,
-/// which copies what it can beside readers and writers without blocking either. A process that
-/// never serves (the CLI) leaves the WAL to SQLite, which checkpoints it when the last
-/// connection closes.
-///
-/// A writer reuses the WAL from its start only if, when it begins, every frame in it has been
-/// copied back; under steady writes a new commit always lands before a background checkpoint
-/// finishes, so the WAL only grew (to 2.3 GB in 30 s of the benchmark's writes, and its index
-/// in shared memory with it). So the group commit's writer, the one connection user writes go
-/// through, looks at the WAL's size after each batch. Past the limit, it asks for a background
-/// checkpoint at once, and after that one, between two batches, runs a RESTART checkpoint:
-/// that copies back the little that came in meanwhile and waits for readers still on the WAL
-/// (one statement each), so the next batch starts the WAL over, and `journal_size_limit` cuts
-/// the file back to the limit at its commit. Readers are not held up; writes are, for the few
-/// milliseconds the RESTART takes. (Run at any moment instead, it had up to half a second of
-/// frames to copy, and met the background checkpoint: 27 ms a restart (median), against 5.6.)
-pub struct WalLimit {
-    /// `None` for a database with no file (in memory).
-    wal: Option<PathBuf>,
-    limit: u64,
-    checkpoints: Arc<Checkpoints>,
-    /// A restart that could not complete (a long read) is not retried before this.
-    not_before: std::time::Instant,
-}
-
-#[derive(Default)]
-struct Checkpoints {
-    now: tokio::sync::Notify,
-    done: std::sync::atomic::AtomicBool,
-    /// Since when the writer has been waiting to restart the WAL: it asked for a background
-    /// checkpoint, and restarts after that one (`None`: not waiting). Meanwhile the
-    /// twice-a-second checkpoints pause: SQLite lets one checkpoint run at a time and a
-    /// RESTART that meets another fails at once. Without the pause, once PASSIVE checkpoints
-    /// of a large WAL ran back to back, every restart met one (15 of 15 in a 10 s run of
-    /// idempotent creates) and the WAL grew to 411 MB past its 64 MiB limit.
-    restart_waiting: std::sync::Mutex<Option<std::time::Instant>>,
-    /// Held by whichever of the two runs a checkpoint: the pause above keeps the writer from
-    /// waiting on it, this keeps a restart from ever meeting a checkpoint the pause let
-    /// through (the writer's own request, started late, still met one in 2 to 11 of 12
-    /// restarts).
-    one_at_a_time: tokio::sync::Mutex<()>,
-}
-
-/// How long background checkpoints wait for a restart the writer asked for: a writer that
-/// has no more batches to run it after is not waited for.
-const RESTART_WAIT: Duration = Duration::from_secs(1);
-
-impl Checkpoints {
-    fn restart_waiting(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
-        self.restart_waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Whether to run a PASSIVE checkpoint now: always when the writer asked for it, on the
-    /// twice-a-second tick unless the writer has been waiting to restart for under
-    /// [`RESTART_WAIT`].
-    fn passive_due(&self, asked: bool) -> bool {
-        asked
-            || !self
-                .restart_waiting()
-                .is_some_and(|since| since.elapsed() < RESTART_WAIT)
-    }
-}
-
-impl WalLimit {
-    /// Starts the background checkpoints on `pool`; `writer` is the connection user writes go
-    /// through.
-    pub async fn start(
-        pool: &DatabaseConnection,
-        writer: &DatabaseConnection,
-        settings: &DbArgs,
-    ) -> Result<Self, DbErr> {
-        let checkpoints = Arc::new(Checkpoints::default());
-        tokio::spawn(checkpoint(pool.clone(), checkpoints.clone()));
-        let file = database_file(writer).await?;
-        Ok(WalLimit {
-            wal: file.map(|file| {
-                let mut wal = file.into_os_string();
-                wal.push("-wal");
-                PathBuf::from(wal)
-            }),
-            limit: wal_limit_bytes(settings),
-            checkpoints,
-            not_before: std::time::Instant::now(),
-        })
-    }
-
-    /// Between two batches, on the writer: see [`WalLimit`].
-    pub async fn enforce(&mut self, writer: &DatabaseConnection) {
-        use std::sync::atomic::Ordering;
-        let Some(wal) = &self.wal else { return };
-        if self.checkpoints.restart_waiting().is_some() {
-            if self.checkpoints.done.swap(false, Ordering::Acquire) {
-                self.restart(writer).await;
-                *self.checkpoints.restart_waiting() = None;
-            }
-            return;
-        }
-        // One stat(2); the file is cut back to the limit only at the commit after a restart.
-        let size = std::fs::metadata(wal).map_or(0, |m| m.len());
-        if size > self.limit && std::time::Instant::now() >= self.not_before {
-            *self.checkpoints.restart_waiting() = Some(std::time::Instant::now());
-            // A checkpoint that ends from now on will do, one already running included.
-            self.checkpoints.done.store(false, Ordering::Release);
-            self.checkpoints.now.notify_one();
-        }
-    }
-
-    async fn restart(&mut self, writer: &DatabaseConnection) {
-        let checkpoints = self.checkpoints.clone();
-        let _one = checkpoints.one_at_a_time.lock().await;
-        let started = std::time::Instant::now();
-        let restart = async {
-            // Readers are short; one that is not is waited for no longer than this.
-            writer
-                .execute_unprepared("PRAGMA busy_timeout = 50")
-                .await?;
-            let restarted = writer
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Sqlite,
-                    "PRAGMA wal_checkpoint(RESTART)",
-                ))
-                .await;
-            writer
-                .execute_unprepared(&format!(
-                    "PRAGMA busy_timeout = {}",
-                    BUSY_TIMEOUT.as_millis()
-                ))
-                .await?;
-            restarted
-        };
-        let backoff = started + Duration::from_millis(500);
-        match restart.await {
-            // The columns: busy (1 if a reader or another checkpoint held it up), frames in
-            // the WAL, frames copied back.
-            Ok(Some(row)) => {
-                let busy = row.try_get_by_index::<i64>(0).unwrap_or(1);
-                if busy != 0 {
-                    self.not_before = backoff;
-                }
-                tracing::debug!(
-                    busy,
-                    frames = row.try_get_by_index::<i64>(1).unwrap_or(-1),
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    "WAL restart checkpoint"
-                );
-            }
-            Ok(None) => {}
-            Err(err) => {
-                self.not_before = backoff;
-                tracing::warn!(error = %err, "WAL restart failed; retrying later");
-            }
-        }
-    }
-}
-
-/// The background checkpoints: twice a second, and at once when the writer asks.
-async fn checkpoint(db: DatabaseConnection, checkpoints: Arc<Checkpoints>) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(500));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let asked = tokio::select! {
-            _ = ticker.tick() => false,
-            _ = checkpoints.now.notified() => true,
-        };
-        if asked {
-            ticker.reset();
-        }
-        if !checkpoints.passive_due(asked) {
-            continue;
-        }
-        let passive = {
-            let _one = checkpoints.one_at_a_time.lock().await;
-            db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-                .await
-        };
-        match passive {
-            Ok(_) => {}
-            // The server is stopping.
-            Err(DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)) => return,
-            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
-        }
-        checkpoints
-            .done
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-}
-
 /// Brings the schema up to date; safe to run on every start, and from several instances at
 /// once: on PostgreSQL an advisory lock makes them take turns, so each migration runs once.
 /// `then` runs under the same lock (first-start work such as the bootstrap key).
@@ -508,39 +314,10 @@ pub fn now() -> DateTime<Utc> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use clap::Parser;
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-    use super::{Checkpoints, RESTART_WAIT};
     use crate::config::Cli;
-
-    #[test]
-    fn background_checkpoints_pause_while_the_writer_waits_to_restart() {
-        let checkpoints = Checkpoints::default();
-        assert!(
-            checkpoints.passive_due(false),
-            "nothing waiting: the tick runs"
-        );
-
-        *checkpoints.restart_waiting() = Some(Instant::now());
-        assert!(!checkpoints.passive_due(false), "a tick meets the restart");
-        assert!(
-            checkpoints.passive_due(true),
-            "the one the writer asked for runs"
-        );
-
-        let long_ago = Instant::now().checked_sub(RESTART_WAIT + Duration::from_millis(100));
-        *checkpoints.restart_waiting() = long_ago;
-        assert!(
-            checkpoints.passive_due(false) || long_ago.is_none(),
-            "a writer with no batch to restart after is not waited for"
-        );
-
-        *checkpoints.restart_waiting() = None;
-        assert!(checkpoints.passive_due(false));
-    }
 
     /// The writer's settings, read back from SQLite: WAL, `synchronous=NORMAL`, no automatic
     /// checkpoints (the background task's), and statement journals in memory.

@@ -1,0 +1,436 @@
+//! Keeps a SQLite WAL short without making writes wait for it, and near
+//! `--sqlite-wal-limit-mib` under steady writes.
+//!
+//! Left to itself, SQLite checkpoints inside whichever commit takes the WAL past 1,000 pages:
+//! that one write waits for the copy into the database file and its fsync, and behind the
+//! group commit so does every write queued after it (the 800 ms PATCH p99 in the benchmark).
+//! With automatic checkpoints off, a background task runs a PASSIVE checkpoint twice a second,
+//! which copies what it can beside readers and writers without blocking either. A process that
+//! never serves (the CLI) leaves the WAL to SQLite, which checkpoints it when the last
+//! connection closes.
+//!
+//! A writer reuses the WAL from its start only if, when it begins, every frame in it has been
+//! copied back; under steady writes a new commit always lands before a background checkpoint
+//! finishes, so the WAL only grew (to 2.3 GB in 30 s of the benchmark's writes, and its index
+//! in shared memory with it). So the group commit's writer, the one connection user writes go
+//! through, looks at the WAL's size after each batch. Past the limit, it asks for a background
+//! checkpoint at once, and after that one, between two batches, runs a RESTART checkpoint:
+//! that copies back the little that came in meanwhile and waits for readers still on the WAL
+//! (one statement each), so the next batch starts the WAL over, and `journal_size_limit` cuts
+//! the file back to the limit at its commit. Readers are not held up; writes are, for the few
+//! milliseconds the RESTART takes. (Run at any moment instead, it had up to half a second of
+//! frames to copy, and met the background checkpoint: 27 ms a restart (median), against 5.6.)
+//!
+//! Two things keep that RESTART short as the database grows. SQLite syncs the database file
+//! only at the end of a checkpoint that copied every frame of the WAL, which under steady
+//! writes none but the RESTART does; so every page the background checkpoints had copied
+//! since the last RESTART waited in the OS's cache for the RESTART's fsync, the more of them
+//! the larger the tables: in five 8 s rounds of creates on one server, as the database grew to
+//! 380 MiB (about 1.1 million users), the RESTART's median went from 6.9 to 12.4 ms and POST's
+//! p99 from 6.5 to 22 ms. So the background task syncs the file itself after each checkpoint,
+//! off the writer's path. And the writer asks for up to [`MAX_PASSES`] background checkpoints
+//! before it restarts, until at most [`RESTART_AFTER_FRAMES`] frames are left for the RESTART
+//! to copy and sync. With both, in the same rounds: 2.2 ms and 2.3 ms, POST p99 3.6–4.6 ms.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, OpenFlags, ffi};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+
+use super::{BUSY_TIMEOUT, database_file, inline_reads, wal_limit_bytes};
+use crate::config::{DbArgs, SqliteLocking};
+
+/// The WAL file's own header, before its first frame.
+const WAL_HEADER_BYTES: u64 = 32;
+
+/// How long background checkpoints wait for a restart the writer asked for: a writer that
+/// has no more batches to run it after is not waited for.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
+
+/// A restart copies back, and syncs, the frames written since the last background checkpoint
+/// began, and writes wait while it does: past this many (2 MiB of 4 KiB pages) the writer asks
+/// for another background checkpoint first, up to [`MAX_PASSES`] in all. Each finds fewer
+/// frames behind than the one before, as a checkpoint copies faster than writes come in. In
+/// the rounds above (with the sync), one pass left a median 1,819 frames and restarts took
+/// 7.1 ms; up to three with this bound, 276 frames and 2.4 ms.
+const RESTART_AFTER_FRAMES: u64 = 512;
+const MAX_PASSES: u32 = 3;
+
+pub struct WalLimit {
+    /// `None` for a database with no file (in memory).
+    wal: Option<PathBuf>,
+    limit: u64,
+    /// A WAL frame: a page and its 24-byte header.
+    frame_bytes: u64,
+    checkpoints: Arc<Checkpoints>,
+    /// A restart that could not complete (a long read) is not retried before this.
+    not_before: Instant,
+    /// Background checkpoints asked for since the WAL went past its limit.
+    passes: u32,
+}
+
+#[derive(Default)]
+struct Checkpoints {
+    now: tokio::sync::Notify,
+    done: AtomicBool,
+    /// Frames of the WAL that the last background checkpoint had copied back.
+    copied: AtomicU64,
+    /// Since when the writer has been waiting to restart the WAL: it asked for a background
+    /// checkpoint, and restarts after that one (`None`: not waiting). Meanwhile the
+    /// twice-a-second checkpoints pause: SQLite lets one checkpoint run at a time and a
+    /// RESTART that meets another fails at once. Without the pause, once PASSIVE checkpoints
+    /// of a large WAL ran back to back, every restart met one (15 of 15 in a 10 s run of
+    /// idempotent creates) and the WAL grew to 411 MB past its 64 MiB limit.
+    restart_waiting: Mutex<Option<Instant>>,
+    /// Held by whichever of the two runs a checkpoint: the pause above keeps the writer from
+    /// waiting on it, this keeps a restart from ever meeting a checkpoint the pause let
+    /// through (the writer's own request, started late, still met one in 2 to 11 of 12
+    /// restarts).
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl Checkpoints {
+    fn restart_waiting(&self) -> MutexGuard<'_, Option<Instant>> {
+        self.restart_waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether to run a PASSIVE checkpoint now: always when the writer asked for it, on the
+    /// twice-a-second tick unless the writer has been waiting to restart for under
+    /// [`RESTART_WAIT`].
+    fn passive_due(&self, asked: bool) -> bool {
+        asked
+            || !self
+                .restart_waiting()
+                .is_some_and(|since| since.elapsed() < RESTART_WAIT)
+    }
+}
+
+/// Whether the writer, its last request for a background checkpoint answered with `behind`
+/// frames left to copy, should restart the WAL now rather than ask for another.
+fn restart_now(behind: u64, passes: u32) -> bool {
+    behind <= RESTART_AFTER_FRAMES || passes >= MAX_PASSES
+}
+
+impl WalLimit {
+    /// Starts the background checkpoints on a connection of their own; `writer` is the
+    /// connection user writes go through.
+    pub async fn start(writer: &DatabaseConnection, settings: &DbArgs) -> Result<Self, DbErr> {
+        let checkpoints = Arc::new(Checkpoints::default());
+        let file = database_file(writer).await?;
+        if let Some(file) = &file {
+            let checkpointer = Checkpointer::open(file, settings.sqlite_locking)
+                .map_err(|err| DbErr::Custom(format!("the checkpoints' connection: {err}")))?;
+            tokio::spawn(checkpoint(checkpointer, Arc::downgrade(&checkpoints)));
+        }
+        let page_size = writer
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA page_size",
+            ))
+            .await?
+            .map_or(Ok(4096), |row| row.try_get_by_index::<i64>(0))?;
+        Ok(WalLimit {
+            wal: file.map(|file| {
+                let mut wal = file.into_os_string();
+                wal.push("-wal");
+                PathBuf::from(wal)
+            }),
+            limit: wal_limit_bytes(settings),
+            frame_bytes: page_size.unsigned_abs() + 24,
+            checkpoints,
+            not_before: Instant::now(),
+            passes: 0,
+        })
+    }
+
+    /// Between two batches, on the writer: see the module's documentation.
+    pub async fn enforce(&mut self, writer: &DatabaseConnection) {
+        let Some(wal) = &self.wal else { return };
+        // One stat(2); the file is cut back to the limit only at the commit after a restart,
+        // so past the limit frames are appended at its end and its size counts them.
+        let size = || std::fs::metadata(wal).map_or(0, |m| m.len());
+        if self.checkpoints.restart_waiting().is_some() {
+            if self.checkpoints.done.swap(false, Ordering::Acquire) {
+                let frames = size().saturating_sub(WAL_HEADER_BYTES) / self.frame_bytes;
+                let behind = frames.saturating_sub(self.checkpoints.copied.load(Ordering::Acquire));
+                if !restart_now(behind, self.passes) {
+                    self.ask_for_checkpoint();
+                    return;
+                }
+                self.restart(writer, behind).await;
+                self.passes = 0;
+                *self.checkpoints.restart_waiting() = None;
+            }
+            return;
+        }
+        if size() > self.limit && Instant::now() >= self.not_before {
+            self.ask_for_checkpoint();
+        }
+    }
+
+    fn ask_for_checkpoint(&mut self) {
+        self.passes += 1;
+        *self.checkpoints.restart_waiting() = Some(Instant::now());
+        // A checkpoint that ends from now on will do, one already running included.
+        self.checkpoints.done.store(false, Ordering::Release);
+        self.checkpoints.now.notify_one();
+    }
+
+    /// `behind`: frames the last background checkpoint had not copied back.
+    async fn restart(&mut self, writer: &DatabaseConnection, behind: u64) {
+        let checkpoints = self.checkpoints.clone();
+        let _one = checkpoints.one_at_a_time.lock().await;
+        let started = Instant::now();
+        let restart = async {
+            // Readers are short; one that is not is waited for no longer than this.
+            writer
+                .execute_unprepared("PRAGMA busy_timeout = 50")
+                .await?;
+            let restarted = writer
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Sqlite,
+                    "PRAGMA wal_checkpoint(RESTART)",
+                ))
+                .await;
+            writer
+                .execute_unprepared(&format!(
+                    "PRAGMA busy_timeout = {}",
+                    BUSY_TIMEOUT.as_millis()
+                ))
+                .await?;
+            restarted
+        };
+        let backoff = started + Duration::from_millis(500);
+        match restart.await {
+            // The columns: busy (1 if a reader or another checkpoint held it up), frames in
+            // the WAL, frames copied back.
+            Ok(Some(row)) => {
+                let busy = row.try_get_by_index::<i64>(0).unwrap_or(1);
+                if busy != 0 {
+                    self.not_before = backoff;
+                }
+                tracing::debug!(
+                    busy,
+                    frames = row.try_get_by_index::<i64>(1).unwrap_or(-1),
+                    behind,
+                    passes = self.passes,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "WAL restart checkpoint"
+                );
+            }
+            Ok(None) => {}
+            Err(err) => {
+                self.not_before = backoff;
+                tracing::warn!(error = %err, "WAL restart failed; retrying later");
+            }
+        }
+    }
+}
+
+/// The background checkpoints' own connection to the database file.
+struct Checkpointer(Connection);
+
+impl Checkpointer {
+    fn open(file: &Path, locking: SqliteLocking) -> rusqlite::Result<Self> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Ok(Checkpointer(inline_reads::open_file(file, flags, locking)?))
+    }
+
+    /// A PASSIVE checkpoint, then the database file synced: the frames of the WAL it had
+    /// copied back when it ended.
+    fn passive(&self) -> rusqlite::Result<u64> {
+        // The columns: busy, frames in the WAL, frames copied back.
+        let copied: i64 = self
+            .0
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
+        self.sync_database_file()?;
+        Ok(copied.max(0).unsigned_abs())
+    }
+
+    /// Syncs the database file through SQLite's own handle on it. Opening the file again to
+    /// sync it would not do: closing any descriptor of a file drops every POSIX lock the
+    /// process holds on it, SQLite's among them.
+    fn sync_database_file(&self) -> rusqlite::Result<()> {
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: the connection is open and used by this thread alone (`&self`, and it was
+        // opened without SQLite's mutex, so it is never shared), and `SQLITE_FCNTL_FILE_POINTER`
+        // writes one `sqlite3_file` pointer into `file`: the main database's, which SQLite
+        // keeps open for as long as the connection is.
+        let code = unsafe {
+            ffi::sqlite3_file_control(
+                self.0.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&raw mut file).cast(),
+            )
+        };
+        if code != ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+        }
+        // SAFETY: a non-null `file` is that open file, whose methods (the VFS's) SQLite keeps
+        // for as long as it is open; `xSync` is how SQLite itself syncs it at a checkpoint.
+        let code = unsafe {
+            match file.as_ref().and_then(|file| file.pMethods.as_ref()) {
+                Some(methods) => match methods.xSync {
+                    Some(sync) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+                    None => ffi::SQLITE_OK,
+                },
+                // Not open: nothing written to sync.
+                None => ffi::SQLITE_OK,
+            }
+        };
+        if code != ffi::SQLITE_OK {
+            return Err(rusqlite::Error::SqliteFailure(ffi::Error::new(code), None));
+        }
+        Ok(())
+    }
+}
+
+/// The background checkpoints: twice a second, and at once when the writer asks. Ends once
+/// the writer is gone.
+async fn checkpoint(mut checkpointer: Checkpointer, writer_side: Weak<Checkpoints>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let Some(checkpoints) = writer_side.upgrade() else {
+            return;
+        };
+        let asked = tokio::select! {
+            _ = ticker.tick() => false,
+            _ = checkpoints.now.notified() => true,
+        };
+        if asked {
+            ticker.reset();
+        }
+        if !checkpoints.passive_due(asked) {
+            continue;
+        }
+        let passive = {
+            let _one = checkpoints.one_at_a_time.lock().await;
+            // Copying pages and syncing a file: work for a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                let copied = checkpointer.passive();
+                (checkpointer, copied)
+            })
+            .await
+        };
+        match passive {
+            Ok((back, copied)) => {
+                checkpointer = back;
+                match copied {
+                    Ok(copied) => checkpoints.copied.store(copied, Ordering::Release),
+                    Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "WAL checkpoints stopped");
+                return;
+            }
+        }
+        checkpoints.done.store(true, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{
+        Checkpointer, Checkpoints, MAX_PASSES, RESTART_AFTER_FRAMES, RESTART_WAIT, restart_now,
+    };
+    use crate::config::SqliteLocking;
+
+    #[test]
+    fn background_checkpoints_pause_while_the_writer_waits_to_restart() {
+        let checkpoints = Checkpoints::default();
+        assert!(
+            checkpoints.passive_due(false),
+            "nothing waiting: the tick runs"
+        );
+
+        *checkpoints.restart_waiting() = Some(Instant::now());
+        assert!(!checkpoints.passive_due(false), "a tick meets the restart");
+        assert!(
+            checkpoints.passive_due(true),
+            "the one the writer asked for runs"
+        );
+
+        let long_ago = Instant::now().checked_sub(RESTART_WAIT + Duration::from_millis(100));
+        *checkpoints.restart_waiting() = long_ago;
+        assert!(
+            checkpoints.passive_due(false) || long_ago.is_none(),
+            "a writer with no batch to restart after is not waited for"
+        );
+
+        *checkpoints.restart_waiting() = None;
+        assert!(checkpoints.passive_due(false));
+    }
+
+    #[test]
+    fn the_writer_restarts_once_little_is_left_or_after_its_last_pass() {
+        assert!(restart_now(0, 1));
+        assert!(restart_now(RESTART_AFTER_FRAMES, 1));
+        assert!(
+            !restart_now(RESTART_AFTER_FRAMES + 1, 1),
+            "another pass first"
+        );
+        assert!(!restart_now(100_000, MAX_PASSES - 1));
+        assert!(
+            restart_now(100_000, MAX_PASSES),
+            "writes that outrun the checkpoints do not put the restart off for ever"
+        );
+    }
+
+    /// The checkpoints' connection copies back what another connection wrote and syncs the
+    /// file through SQLite, on either VFS, while that connection still holds the file.
+    #[test]
+    fn the_checkpointer_copies_the_wal_back_and_syncs_the_file() {
+        for locking in [SqliteLocking::Shared, SqliteLocking::Exclusive] {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("checkpoints.db");
+            let flags = rusqlite::OpenFlags::default();
+            let writer = crate::store::inline_reads::open_file(&file, flags, locking).unwrap();
+            writer
+                .execute_batch(
+                    "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                     CREATE TABLE t (x TEXT);
+                     WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                     INSERT INTO t SELECT printf('%0100d', i) FROM n;",
+                )
+                .unwrap();
+            let size = |path: &std::path::Path| std::fs::metadata(path).unwrap().len();
+            let before = size(&file);
+            let mut wal = file.clone().into_os_string();
+            wal.push("-wal");
+            let in_wal = (size(wal.as_ref()) - super::WAL_HEADER_BYTES) / (4096 + 24);
+
+            let checkpointer = Checkpointer::open(&file, locking).unwrap();
+            let copied = checkpointer.passive().unwrap();
+            assert!(in_wal > 50, "{locking:?}: {in_wal} frames in the WAL");
+            assert_eq!(copied, in_wal, "{locking:?}: all of the WAL copied back");
+            assert!(
+                size(&file) > before + 50 * 4096,
+                "{locking:?}: the database file grew from {before} bytes"
+            );
+            checkpointer.sync_database_file().unwrap();
+
+            // The writer writes on beside it.
+            writer
+                .execute("INSERT INTO t VALUES ('after')", [])
+                .unwrap();
+            let rows: i64 = writer
+                .query_row("SELECT count(*) FROM t", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(rows, 2001);
+        }
+    }
+}
