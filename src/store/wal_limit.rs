@@ -26,11 +26,12 @@
 //! writes none but the RESTART does; so every page the background checkpoints had copied
 //! since the last RESTART waited in the OS's cache for the RESTART's fsync, the more of them
 //! the larger the tables: in five 8 s rounds of creates on one server, as the database grew to
-//! 380 MiB (about 1.1 million users), the RESTART's median went from 6.9 to 12.4 ms and POST's
-//! p99 from 6.5 to 22 ms. So the background task syncs the file itself after each checkpoint,
-//! off the writer's path. And the writer asks for up to [`MAX_PASSES`] background checkpoints
-//! before it restarts, until at most [`RESTART_AFTER_FRAMES`] frames are left for the RESTART
-//! to copy and sync. With both, in the same rounds: 2.2 ms and 2.3 ms, POST p99 3.6–4.6 ms.
+//! 380 MiB (about 1.1 million users), the median RESTART went from 6.9 ms in the first fifth of
+//! the rounds to 12.4 ms in the last, and POST's p99 from 6.5 to 22 ms. So the background task
+//! syncs the file itself after each checkpoint, off the writer's path. And the writer asks for
+//! up to [`MAX_PASSES`] background checkpoints before it restarts, until at most
+//! [`RESTART_AFTER_FRAMES`] frames are left for the RESTART to copy and sync. With both, in the
+//! same rounds: 2.2 ms in the first fifth, 2.3 ms in the last, POST's p99 3.6–4.6 ms.
 
 use std::{
     path::{Path, PathBuf},
@@ -261,10 +262,10 @@ impl Checkpointer {
     /// process holds on it, SQLite's among them.
     fn sync_database_file(&self) -> rusqlite::Result<()> {
         let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-        // SAFETY: the connection is open and used by this thread alone (`&self`, and it was
-        // opened without SQLite's mutex, so it is never shared), and `SQLITE_FCNTL_FILE_POINTER`
-        // writes one `sqlite3_file` pointer into `file`: the main database's, which SQLite
-        // keeps open for as long as the connection is.
+        // SAFETY: the connection is open, and no other thread uses it meanwhile (a rusqlite
+        // `Connection` is not `Sync`); `SQLITE_FCNTL_FILE_POINTER` writes one `sqlite3_file`
+        // pointer into `file`: the main database's, which SQLite keeps open for as long as the
+        // connection is.
         let code = unsafe {
             ffi::sqlite3_file_control(
                 self.0.handle(),
