@@ -307,7 +307,11 @@ impl Checkpointer {
 
 /// The background checkpoints: twice a second, and at once when the writer asks. Ends once
 /// the writer is gone.
-async fn checkpoint(mut checkpointer: Checkpointer, writer_side: Weak<Checkpoints>) {
+async fn checkpoint(checkpointer: Checkpointer, writer_side: Weak<Checkpoints>) {
+    // Shared with the blocking thread rather than moved there and back, so that a panic there
+    // loses one checkpoint, not the connection and with it every later checkpoint (and the
+    // writer, waiting for the one it asked for, every restart).
+    let checkpointer = Arc::new(Mutex::new(checkpointer));
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -326,25 +330,20 @@ async fn checkpoint(mut checkpointer: Checkpointer, writer_side: Weak<Checkpoint
         }
         let passive = {
             let _one = checkpoints.one_at_a_time.lock().await;
+            let checkpointer = checkpointer.clone();
             // Copying pages and syncing a file: work for a blocking thread.
             tokio::task::spawn_blocking(move || {
-                let copied = checkpointer.passive();
-                (checkpointer, copied)
+                checkpointer
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .passive()
             })
             .await
         };
         match passive {
-            Ok((back, copied)) => {
-                checkpointer = back;
-                match copied {
-                    Ok(copied) => checkpoints.copied.store(copied, Ordering::Release),
-                    Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
-                }
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "WAL checkpoints stopped");
-                return;
-            }
+            Ok(Ok(copied)) => checkpoints.copied.store(copied, Ordering::Release),
+            Ok(Err(err)) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying"),
+            Err(err) => tracing::error!(error = %err, "WAL checkpoint panicked; retrying"),
         }
         checkpoints.done.store(true, Ordering::Release);
     }
