@@ -162,7 +162,7 @@ fn options(settings: &DbArgs, connections: u32, role: Role) -> ConnectOptions {
 }
 
 /// `--sqlite-wal-limit-mib` in bytes: the WAL is restarted from its beginning, and its file cut
-/// back to this size, once it holds this much (see [`WalLimit`]).
+/// back to this size, once it holds this much (see [`wal_limit::WalLimit`]).
 fn wal_limit_bytes(settings: &DbArgs) -> u64 {
     u64::from(settings.sqlite_wal_limit_mib) * 1024 * 1024
 }
