@@ -5,8 +5,10 @@
 //! 10… ms between tries (write p99 was above 100 ms that way). Here every user write of this
 //! process goes to one task, which takes whatever queued while its previous batch committed and
 //! writes it together, in arrival order, through a connection of its own: one transaction, one
-//! commit, and consecutive creates in one multi-row INSERT (see `create_all`). No caller hears of its write before that
-//! commit has returned, so an acknowledged write is exactly as durable as one committed alone.
+//! commit, consecutive creates in one multi-row INSERT (see `create_all`) and consecutive
+//! updates of distinct users in one UPDATE (see `update_all`). No caller hears of its write
+//! before that commit has returned, so an acknowledged write is exactly as durable as one
+//! committed alone.
 //!
 //! Each write in a batch sees those before it, as it would have run after them alone: of
 //! updates holding the same `If-Match` version the first matches and bumps it, and the rest
@@ -255,17 +257,47 @@ async fn write_all(
     let mut work = work.into_iter().peekable();
     while let Some((change, actor)) = work.next() {
         // Dropping `txn` on an early return rolls back everything this batch wrote.
-        let Change::Create(user, once) = change else {
-            outcomes.push(write(&txn, change, &actor).await?);
-            continue;
-        };
-        let mut run = vec![Create { user, actor, once }];
-        while let Some((Change::Create(user, once), actor)) =
-            work.next_if(|(change, actor)| joins(&run, change, actor))
-        {
-            run.push(Create { user, actor, once });
+        match change {
+            Change::Create(user, once) => {
+                let mut run = vec![Create { user, actor, once }];
+                while let Some((Change::Create(user, once), actor)) =
+                    work.next_if(|(change, actor)| joins(&run, change, actor))
+                {
+                    run.push(Create { user, actor, once });
+                }
+                outcomes.extend(create_all(&txn, run).await?);
+            }
+            Change::Update {
+                id,
+                changes,
+                expected_version,
+            } => {
+                let mut run = vec![Update {
+                    id,
+                    changes,
+                    actor,
+                    expected_version,
+                }];
+                while let Some((
+                    Change::Update {
+                        id,
+                        changes,
+                        expected_version,
+                    },
+                    actor,
+                )) = work.next_if(|(change, _)| joins_updates(&run, change))
+                {
+                    run.push(Update {
+                        id,
+                        changes,
+                        actor,
+                        expected_version,
+                    });
+                }
+                outcomes.extend(update_all(&txn, run).await?);
+            }
+            Change::Delete { .. } => outcomes.push(write(&txn, change, &actor).await?),
         }
-        outcomes.extend(create_all(&txn, run).await?);
     }
     txn.commit().await?;
     Ok(outcomes)
@@ -386,6 +418,83 @@ async fn insert_run(txn: &DatabaseTransaction, fresh: &[&Create]) -> Result<Vec<
             Err(err)
         }
     }
+}
+
+struct Update {
+    id: i64,
+    changes: UserChanges,
+    actor: String,
+    expected_version: Option<i64>,
+}
+
+impl Update {
+    fn into_change(self) -> (Change, String) {
+        let change = Change::Update {
+            id: self.id,
+            changes: self.changes,
+            expected_version: self.expected_version,
+        };
+        (change, self.actor)
+    }
+}
+
+/// Whether `change` can be written in one statement with the updates of `run`: an update of
+/// another user (so that each update still sees those before it), and not a second change of
+/// an email (see [`users::update_many`]).
+fn joins_updates(run: &[Update], change: &Change) -> bool {
+    let Change::Update { id, changes, .. } = change else {
+        return false;
+    };
+    let sets_email = |changes: &UserChanges| changes.email.is_some();
+    !run.iter()
+        .any(|update| update.id == *id || (sets_email(changes) && sets_email(&update.changes)))
+}
+
+/// Consecutive updates of a batch, of distinct users: one `UPDATE … FROM` for the run instead
+/// of a statement (a trip to the database connection's thread) each. An update the statement
+/// did not match asks why (404 or 412), as it would have alone; the run's other updates touched
+/// other users, so the answer is the same. When the statement fails on the email's unique
+/// index, it has left nothing of itself, and the updates are written one by one, so that a
+/// duplicate fails alone.
+async fn update_all(
+    txn: &DatabaseTransaction,
+    run: Vec<Update>,
+) -> Result<Vec<Result<Outcome<Model>, AppError>>, DbErr> {
+    let updated = if run.len() > 1 {
+        let updates: Vec<users::Update> = run
+            .iter()
+            .map(|update| users::Update {
+                id: update.id,
+                changes: &update.changes,
+                actor: &update.actor,
+                expected_version: update.expected_version,
+            })
+            .collect();
+        match users::update_many(txn, &updates).await {
+            Ok(updated) => Some(updated),
+            Err(err) if users::conflict(&err).is_some() => None,
+            Err(err) => return Err(err),
+        }
+    } else {
+        None
+    };
+    let mut outcomes = Vec::with_capacity(run.len());
+    let Some(mut updated) = updated else {
+        for update in run {
+            let (change, actor) = update.into_change();
+            outcomes.push(write(txn, change, &actor).await?);
+        }
+        return Ok(outcomes);
+    };
+    for update in run {
+        let model = updated
+            .iter()
+            .position(|model| model.id == update.id)
+            .map(|at| updated.swap_remove(at));
+        let outcome = users::matched(txn, update.id, Ok(model)).await?;
+        outcomes.push(outcome.map(Outcome::Fresh));
+    }
+    Ok(outcomes)
 }
 
 /// One write: its own outcome (a conflict, a 404 or 412 included), or the error that fails the
@@ -660,6 +769,151 @@ mod tests {
         assert_eq!(keys.len(), 3);
         assert!(keys.contains(&("k3".to_owned(), true)), "{keys:?}");
         assert_eq!(entity::users::Entity::find().count(&db).await.unwrap(), 4);
+    }
+
+    fn update(id: i64, changes: UserChanges, version: Option<i64>) -> Change {
+        Change::Update {
+            id,
+            changes,
+            expected_version: version,
+        }
+    }
+
+    fn role(role: &str) -> UserChanges {
+        UserChanges {
+            name: None,
+            role: Some(Role::parse(role).unwrap()),
+            email: None,
+        }
+    }
+
+    fn email(email: Option<&str>) -> UserChanges {
+        UserChanges {
+            name: None,
+            role: None,
+            email: Some(email.map(|email| Email::parse(email).unwrap())),
+        }
+    }
+
+    /// Each outcome of `work`: the user's role, email and version, or the error.
+    async fn updated(db: &DatabaseConnection, work: Vec<Change>) -> Vec<String> {
+        let work = work
+            .into_iter()
+            .enumerate()
+            .map(|(i, change)| (change, format!("api-key:{i}")))
+            .collect();
+        let outcomes = write_all(db, work).await.unwrap();
+        outcomes
+            .into_iter()
+            .enumerate()
+            .map(|(i, outcome)| match outcome {
+                Ok(Outcome::Fresh(model)) => {
+                    assert_eq!(model.updated_by, Some(format!("api-key:{i}")));
+                    let email = model.email.as_deref().unwrap_or("-");
+                    format!("{} {} {email} v{}", model.id, model.role, model.version)
+                }
+                Ok(Outcome::Replayed(_)) => panic!("an update replayed"),
+                Err(err) => format!("error {err}"),
+            })
+            .collect()
+    }
+
+    /// Consecutive updates of distinct users go in as one statement; each still sees the writes
+    /// before it, as if written alone and in order: a second update of one user sees the first
+    /// (its `If-Match` of the old version fails), a missing user is a 404, a stale version a
+    /// 412, a name change updates what search and sorting read, and an email taken by an
+    /// earlier update of the batch, or freed by a later one, is a conflict for that update
+    /// alone.
+    #[tokio::test]
+    async fn consecutive_updates_each_see_the_writes_before_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = database(&dir).await;
+        let work = ["ann", "bob", "cy", "dee"]
+            .iter()
+            .map(|name| {
+                (
+                    Change::Create(user(name, &format!("{name}@x.org")), None),
+                    "a".into(),
+                )
+            })
+            .collect();
+        write_all(&db, work).await.unwrap();
+
+        let renamed = UserChanges {
+            name: Some(UserName::parse("Ann Lee").unwrap()),
+            ..role("Lead")
+        };
+        let described = updated(
+            &db,
+            vec![
+                update(1, role("Ops"), Some(1)),
+                update(2, role("Ops"), Some(7)),
+                update(99, role("Ops"), None),
+                update(1, role("QA"), Some(1)),
+                update(1, renamed, Some(2)),
+                update(3, email(Some("Bob@x.org")), None),
+                update(4, email(None), None),
+                update(2, email(Some("new-bob@x.org")), None),
+                update(3, email(Some("bob@x.org")), None),
+            ],
+        )
+        .await;
+        let precondition = format!("error {}", AppError::PreconditionFailed);
+        assert_eq!(
+            described[..5],
+            [
+                "1 Ops ann@x.org v2".to_owned(),
+                precondition.clone(),
+                format!("error {}", users::not_found(99)),
+                precondition,
+                "1 Lead ann@x.org v3".to_owned(),
+            ]
+        );
+        assert!(described[5].starts_with("error "), "{}", described[5]);
+        assert_eq!(
+            described[6..],
+            ["4 Dev - v2", "2 Dev new-bob@x.org v2", "3 Dev bob@x.org v2"]
+        );
+        let ann = entity::users::Entity::find_by_id(1)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ann.name.as_str(), ann.name_search.as_str()),
+            ("Ann Lee", "ann lee")
+        );
+        assert_eq!(ann.updated_by.as_deref(), Some("api-key:4"));
+    }
+
+    /// What decides a run: an update joins unless it updates a user the run already does or
+    /// is the run's second change of an email.
+    #[test]
+    fn an_update_joins_a_run_of_other_users_with_one_email_change() {
+        let run = |changes: Vec<(i64, UserChanges)>| -> Vec<Update> {
+            changes
+                .into_iter()
+                .map(|(id, changes)| Update {
+                    id,
+                    changes,
+                    actor: "a".into(),
+                    expected_version: None,
+                })
+                .collect()
+        };
+        let roles = run(vec![(1, role("Ops")), (2, role("Ops"))]);
+        assert!(joins_updates(&roles, &update(3, email(None), None)));
+        assert!(!joins_updates(&roles, &update(2, role("QA"), None)));
+        assert!(!joins_updates(
+            &roles,
+            &Change::Delete {
+                id: 3,
+                expected_version: None
+            }
+        ));
+        let with_email = run(vec![(1, role("Ops")), (2, email(Some("a@x.org")))]);
+        assert!(joins_updates(&with_email, &update(3, role("QA"), None)));
+        assert!(!joins_updates(&with_email, &update(3, email(None), None)));
     }
 
     /// What the fallback relies on: a multi-row insert that fails on the email index leaves

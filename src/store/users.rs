@@ -24,7 +24,7 @@ use crate::{
     timestamp::Stamp,
 };
 
-fn not_found(id: i64) -> AppError {
+pub(super) fn not_found(id: i64) -> AppError {
     AppError::NotFound {
         resource: "user",
         id,
@@ -561,6 +561,104 @@ pub(super) async fn apply_update(
         statement = statement.filter(Column::Version.eq(version));
     }
     Ok(statement.exec_with_returning(db).await?.pop())
+}
+
+/// One update of [`update_many`].
+pub(super) struct Update<'a> {
+    pub id: i64,
+    pub changes: &'a UserChanges,
+    pub actor: &'a str,
+    pub expected_version: Option<i64>,
+}
+
+/// An update as [`UPDATE_MANY`] reads it from its JSON parameter.
+#[derive(serde::Serialize)]
+struct UpdateRow<'a> {
+    id: i64,
+    version: Option<i64>,
+    name: Option<&'a str>,
+    name_search: Option<String>,
+    role: Option<&'a str>,
+    set_email: bool,
+    email: Option<&'a str>,
+    email_key: Option<String>,
+    actor: &'a str,
+}
+
+/// Several updates in one SQLite statement, each as [`apply_update`] would write it alone; the
+/// changes come as one JSON array, so that one prepared statement serves any number of them.
+/// Absent name and role keep the stored ones; `set_email` says whether the email changes,
+/// since its new value may be null. Public so that its query plan can be checked.
+pub const UPDATE_MANY: &str = "UPDATE users SET \
+     name = coalesce(c.name, users.name), \
+     name_search = coalesce(c.name_search, users.name_search), \
+     role = coalesce(c.role, users.role), \
+     email = CASE WHEN c.set_email THEN c.email ELSE users.email END, \
+     email_key = CASE WHEN c.set_email THEN c.email_key ELSE users.email_key END, \
+     updated_at = ?, updated_by = c.actor, version = users.version + 1 \
+     FROM (SELECT value ->> 'id' AS id, value ->> 'version' AS version, \
+     value ->> 'name' AS name, value ->> 'name_search' AS name_search, \
+     value ->> 'role' AS role, value ->> 'set_email' AS set_email, \
+     value ->> 'email' AS email, value ->> 'email_key' AS email_key, \
+     value ->> 'actor' AS actor FROM json_each(?)) AS c \
+     WHERE users.id = c.id AND (c.version IS NULL OR users.version = c.version) \
+     RETURNING id, name, role, email, email_key, created_at, updated_at, created_by, \
+     updated_by, version, name_search";
+
+/// The rows `updates` changed (SQLite only), in no particular order: an update whose user is
+/// gone or whose expected version moved on returns none. The caller keeps the ids distinct, and
+/// lets at most one of them change an email: SQLite checks the email's unique index row by row
+/// in an order of its own, so two email changes in one statement could pass (one freeing the
+/// address the other takes) where, one after the other, the first would have failed. The
+/// statement fails as a whole and leaves nothing of itself (on a duplicate email, say); the
+/// error is left for the caller to classify.
+pub(super) async fn update_many(
+    db: &impl ConnectionTrait,
+    updates: &[Update<'_>],
+) -> Result<Vec<Model>, DbErr> {
+    let rows: Vec<UpdateRow> = updates
+        .iter()
+        .map(|update| {
+            let changes = update.changes;
+            let email = changes.email.as_ref();
+            UpdateRow {
+                id: update.id,
+                version: update.expected_version,
+                name: changes.name.as_ref().map(|name| name.as_str()),
+                name_search: changes
+                    .name
+                    .as_ref()
+                    .map(|name| name.as_str().to_lowercase()),
+                role: changes.role.as_ref().map(|role| role.as_str()),
+                set_email: email.is_some(),
+                email: email.and_then(|email| email.as_ref().map(|email| email.as_str())),
+                email_key: email.and_then(|email| email.as_ref().map(|email| email.key())),
+                actor: update.actor,
+            }
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows).map_err(|err| DbErr::Custom(err.to_string()))?;
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        UPDATE_MANY,
+        [Value::from(super::now()), Value::from(rows)],
+    );
+    let updated = Model::find_by_statement(statement).all(db).await?;
+    // Each row must be one of the updates', at most once, written for its caller: no caller
+    // is ever sent another's user.
+    let mut seen = Vec::with_capacity(updated.len());
+    for model in &updated {
+        let ours = updates.iter().any(|update| {
+            update.id == model.id && model.updated_by.as_deref() == Some(update.actor)
+        });
+        if !ours || seen.contains(&model.id) {
+            return Err(DbErr::Custom(
+                "a multi-row update returned rows that do not match its requests".into(),
+            ));
+        }
+        seen.push(model.id);
+    }
+    Ok(updated)
 }
 
 /// A conditional write's row or, when it matched none, why: the user is gone (404) or its

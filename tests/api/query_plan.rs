@@ -119,6 +119,30 @@ async fn held_idempotency_keys_are_looked_up_in_their_index() {
     db.close().await.unwrap();
 }
 
+/// A run of updates finds each of its users by id: one search of the table's primary key per
+/// update, never a scan. Only SQLite batches writes (PostgreSQL has no single writer to queue
+/// behind), so only SQLite has this statement.
+#[tokio::test]
+async fn a_run_of_updates_finds_its_users_by_id() {
+    let (_test_db, db, backend) = migrated().await;
+    if backend != DbBackend::Sqlite {
+        return db.close().await.unwrap();
+    }
+    let updates = r#"[{"id":1,"version":null,"name":null,"name_search":null,"role":"Ops","set_email":false,"email":null,"email_key":null,"actor":"a"}]"#;
+    let statement = Statement::from_sql_and_values(
+        backend,
+        store::users::UPDATE_MANY,
+        [Utc::now().into(), updates.into()],
+    );
+    let plan = explain(&db, backend, statement).await;
+    assert!(
+        plan.contains("SEARCH users USING INTEGER PRIMARY KEY (rowid=?)"),
+        "{plan}"
+    );
+    assert!(!plan.contains("SCAN users"), "{plan}");
+    db.close().await.unwrap();
+}
+
 async fn explain(
     db: &sea_orm::DatabaseConnection,
     backend: DbBackend,
