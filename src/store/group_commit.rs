@@ -884,6 +884,28 @@ mod tests {
             ("Ann Lee", "ann lee")
         );
         assert_eq!(ann.updated_by.as_deref(), Some("api-key:4"));
+
+        // A rename in a run that commits as one statement: text JSON escapes (a quote, a
+        // backslash) and non-ASCII letters arrive as sent, lowercased for search as alone.
+        let renamed = UserChanges {
+            name: Some(UserName::parse(r#"ÅSA "Zoë" \ Lee"#).unwrap()),
+            ..role("Lead")
+        };
+        let described = updated(
+            &db,
+            vec![update(1, renamed, Some(3)), update(2, role("QA"), None)],
+        )
+        .await;
+        assert_eq!(described, ["1 Lead ann@x.org v4", "2 QA new-bob@x.org v3"]);
+        let ann = entity::users::Entity::find_by_id(1)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (ann.name.as_str(), ann.name_search.as_str()),
+            (r#"ÅSA "Zoë" \ Lee"#, r#"åsa "zoë" \ lee"#)
+        );
     }
 
     /// What decides a run: an update joins unless it updates a user the run already does or
