@@ -3,7 +3,8 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_writers, start,
+    acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_app_with, spawn_writers,
+    start,
 };
 
 #[tokio::test]
@@ -436,6 +437,62 @@ async fn concurrent_updates_with_clashing_emails_succeed_or_conflict_one_by_one(
     assert_eq!(emails.len(), 20, "each address went to one user");
     assert_all_stored(&app, &updated).await;
     assert_all_stored(&app, &unchanged).await;
+}
+
+/// Concurrent updates of different users: each caller is answered with its own user as its
+/// own write left it, and each user's version counts its updates. On SQLite each round's
+/// updates queue behind a write lock the test holds, so that the group commit takes them as
+/// one batch and writes them in one statement.
+#[tokio::test]
+async fn concurrent_updates_of_different_users_each_answer_their_own() {
+    let app = std::sync::Arc::new(spawn_app_with(&["--rate-limit", "0"]).await);
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        ids.push(
+            app.create_user_id(&json!({"name": format!("User {i}"), "role": "Dev"}))
+                .await,
+        );
+    }
+    let mut written = Vec::new();
+    for round in 1..=3 {
+        let lock = app.db.url.strip_prefix("sqlite://").map(|path| {
+            let lock = rusqlite::Connection::open(path).unwrap();
+            lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+            lock
+        });
+        let updates: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let app = app.clone();
+                let body = if round == 2 {
+                    json!({"name": format!("Renamed {id}")})
+                } else {
+                    json!({"role": format!("r{id}-{round}")})
+                };
+                tokio::spawn(async move {
+                    let response = app.update_user(id, &body).await;
+                    assert_eq!(response.status(), 200, "round {round}, user {id}");
+                    let etag = response.headers()["etag"].to_str().unwrap().to_owned();
+                    let user: Value = response.json().await.unwrap();
+                    assert_eq!(user["id"], id, "{user}");
+                    // The strong ETag is "<id>-<version>".
+                    assert_eq!(etag, format!("\"{id}-{}\"", round + 1), "{user}");
+                    let (field, value) = body.as_object().unwrap().iter().next().unwrap();
+                    assert_eq!(&user[field], value, "{user}");
+                    user
+                })
+            })
+            .collect();
+        if let Some(lock) = lock {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            lock.execute_batch("COMMIT").unwrap();
+        }
+        written.clear();
+        for update in updates {
+            written.push(update.await.unwrap());
+        }
+    }
+    assert_all_stored(&app, &written).await;
 }
 
 /// Concurrent creates share one transaction on SQLite (group commit); a duplicate email must
