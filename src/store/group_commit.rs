@@ -821,9 +821,9 @@ mod tests {
     /// Consecutive updates of distinct users go in as one statement; each still sees the writes
     /// before it, as if written alone and in order: a second update of one user sees the first
     /// (its `If-Match` of the old version fails), a missing user is a 404, a stale version a
-    /// 412, a name change updates what search and sorting read, and an email taken by an
-    /// earlier update of the batch, or freed by a later one, is a conflict for that update
-    /// alone.
+    /// 412, a name change updates what search and sorting read, and an email still held, that
+    /// a later update of the batch frees, is a conflict for that update alone (the updates
+    /// beside it still written) and free for an update after the one that frees it.
     #[tokio::test]
     async fn consecutive_updates_each_see_the_writes_before_them() {
         let dir = tempfile::tempdir().unwrap();
