@@ -585,7 +585,7 @@ struct UpdateRow<'a> {
     actor: &'a str,
 }
 
-/// Several updates in one SQLite statement, each as [`apply_update`] would write it alone; the
+/// Several updates in one SQLite statement, each as `apply_update` would write it alone; the
 /// changes come as one JSON array, so that one prepared statement serves any number of them.
 /// Absent name and role keep the stored ones; `set_email` says whether the email changes,
 /// since its new value may be null. Public so that its query plan can be checked.
