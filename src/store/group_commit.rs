@@ -818,6 +818,16 @@ mod tests {
             .collect()
     }
 
+    /// A stored user's name, search name and last writer.
+    async fn stored(db: &DatabaseConnection, id: i64) -> (String, String, Option<String>) {
+        let user = entity::users::Entity::find_by_id(id)
+            .one(db)
+            .await
+            .unwrap()
+            .unwrap();
+        (user.name, user.name_search, user.updated_by)
+    }
+
     /// Consecutive updates of distinct users go in as one statement; each still sees the writes
     /// before it, as if written alone and in order: a second update of one user sees the first
     /// (its `If-Match` of the old version fails), a missing user is a 404, a stale version a
@@ -874,16 +884,9 @@ mod tests {
             described[6..],
             ["4 Dev - v2", "2 Dev new-bob@x.org v2", "3 Dev bob@x.org v2"]
         );
-        let ann = entity::users::Entity::find_by_id(1)
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (ann.name.as_str(), ann.name_search.as_str()),
-            ("Ann Lee", "ann lee")
-        );
-        assert_eq!(ann.updated_by.as_deref(), Some("api-key:4"));
+        let ann = stored(&db, 1).await;
+        assert_eq!((ann.0.as_str(), ann.1.as_str()), ("Ann Lee", "ann lee"));
+        assert_eq!(ann.2.as_deref(), Some("api-key:4"));
 
         // A rename in a run that commits as one statement: text JSON escapes (a quote, a
         // backslash) and non-ASCII letters arrive as sent, lowercased for search as alone.
@@ -897,13 +900,9 @@ mod tests {
         )
         .await;
         assert_eq!(described, ["1 Lead ann@x.org v4", "2 QA new-bob@x.org v3"]);
-        let ann = entity::users::Entity::find_by_id(1)
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
+        let ann = stored(&db, 1).await;
         assert_eq!(
-            (ann.name.as_str(), ann.name_search.as_str()),
+            (ann.0.as_str(), ann.1.as_str()),
             (r#"ÅSA "Zoë" \ Lee"#, r#"åsa "zoë" \ lee"#)
         );
     }
