@@ -127,24 +127,25 @@ impl InlineReads {
     fn open(&self) -> rusqlite::Result<ReadConnection> {
         // Read-only: nothing on this path can write. No mutex: the pool hands a connection to
         // one thread at a time.
-        let no_mutex = OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let connection = match self.locking {
-            SqliteLocking::Shared => open_file(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | no_mutex,
-                self.locking,
-            )?,
-            SqliteLocking::Exclusive => {
-                // Opened read-write, as the process's other connections are: a read-only one
-                // takes its own lock on the file, which, all locks of a process being one,
-                // would turn the process's exclusive lock into a shared one whenever no other
-                // connection held the file. Made read-only by `query_only` instead.
-                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | no_mutex;
-                let connection = open_file(&self.path, flags, self.locking)?;
-                connection.pragma_update(None, "query_only", true)?;
-                connection
-            }
+        //
+        // With exclusive locking, opened read-write, as the process's other connections are: a
+        // read-only one takes its own lock on the file, which, all locks of a process being
+        // one, would turn the process's exclusive lock into a shared one whenever no other
+        // connection held the file. Made read-only by `query_only` instead.
+        let exclusive = self.locking == SqliteLocking::Exclusive;
+        let access = if exclusive {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
         };
+        let connection = open_file(
+            &self.path,
+            access | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            self.locking,
+        )?;
+        if exclusive {
+            connection.pragma_update(None, "query_only", true)?;
+        }
         // Busy means wait; waiting is the pool's job.
         connection.busy_timeout(Duration::ZERO)?;
         // Plans that ignore bound values: otherwise SQLite re-parses and re-plans a cached
