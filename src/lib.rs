@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod metrics;
 pub mod rate_limit;
+pub mod runtime;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -10,7 +10,7 @@ use clap::Parser;
 use users_api::{
     cli,
     config::{Cli, Command},
-    startup, telemetry,
+    runtime, startup, telemetry,
 };
 
 fn main() -> ExitCode {
@@ -22,15 +22,11 @@ fn main() -> ExitCode {
         "SQLite was used before main configured it"
     );
     let args = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    // Unset, tokio starts one per core (or as many as `TOKIO_WORKER_THREADS` says).
-    if let Some(threads) = args.serve_args().worker_threads {
-        runtime.worker_threads(threads.get());
+    let runtime = runtime::build(args.serve_args()).expect("the async runtime starts");
+    if runtime::pinned_cores().is_some() {
+        let hooked = users_api::store::sqlite_threads::release_pins_on_open();
+        debug_assert!(hooked, "SQLite takes the auto-extension");
     }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .expect("the async runtime starts");
     runtime.block_on(run(args))
 }
 

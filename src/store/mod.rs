@@ -7,6 +7,7 @@ pub mod inline_reads;
 pub mod rate_limits;
 pub mod read_cache;
 pub mod sqlite_memory;
+pub mod sqlite_threads;
 pub mod users;
 pub mod wal_index;
 pub mod wal_limit;

@@ -407,6 +407,13 @@ fn drain(
 }
 
 impl TestApp {
+    /// The server's process id. (Only the SQLite suite reads it, to look at the server's
+    /// threads: pinning does not depend on the database.)
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -540,6 +547,17 @@ impl TestApp {
     pub async fn logs(&self) -> String {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// The `listening` line the server logged once ready (address, runtime threads).
+    pub async fn listening_line(&self) -> Value {
+        let logs = self.logs().await;
+        logs.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .find(|event: &Value| {
+                event["message"] == "listening" && event["target"] == "users_api::startup"
+            })
+            .expect("a listening line")
     }
 
     /// SIGKILL: the process gets no chance to flush or finish anything.

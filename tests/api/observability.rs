@@ -77,13 +77,7 @@ async fn worker_threads_sets_the_runtime_threads() {
     for (extra, expected) in [(&["--worker-threads", "1"][..], 1), (&[][..], cores)] {
         let app = spawn_app_with(extra).await;
         assert_eq!(app.list_users("").await.status(), 200, "{extra:?}");
-        let logs = app.logs().await;
-        let listening: serde_json::Value = logs
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .find(|event: &serde_json::Value| event["message"] == "listening")
-            .expect("a listening line");
-        assert_eq!(listening["workers"], expected, "{extra:?}");
+        assert_eq!(app.listening_line().await["workers"], expected, "{extra:?}");
     }
 }
 
