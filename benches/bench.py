@@ -231,6 +231,11 @@ def main():
             reads_again(["--user-cache-mib", "0", "--page-cache-mib", "0"],
                         "GET /users/{id}, --user-cache-mib 0",
                         "GET /users (50), --page-cache-mib 0")
+            # The runtime threads left to the kernel to move (by default each is pinned to a
+            # core of its own).
+            reads_again(["--pin-workers", "false"],
+                        "GET /users/{id}, --pin-workers false",
+                        "GET /users (50), --pin-workers false")
             # One runtime thread, so that the server and wrk have a core each (the default is
             # one per core, for a machine the server has to itself).
             reads_again(["--worker-threads", "1"],
