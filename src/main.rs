@@ -23,7 +23,8 @@ fn main() -> ExitCode {
     );
     let args = Cli::parse();
     let runtime = runtime::build(args.serve_args()).expect("the async runtime starts");
-    if runtime::pinned_cores().is_some() {
+    // Before any task runs, so before any SQLite connection thread starts.
+    if runtime::pinned() {
         let hooked = users_api::store::sqlite_threads::release_pins_on_open();
         debug_assert!(hooked, "SQLite takes the auto-extension");
     }

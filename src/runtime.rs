@@ -7,8 +7,9 @@
 //! Pinned, each core has one runtime thread, and what it shares its core with is whatever else
 //! runs on the machine. Measured on two cores shared with wrk (2026-12-01, Intel Xeon, six
 //! alternating 8 s rounds of GET by id): p99 0.42–0.49 ms pinned against 1.60–2.43 ms unpinned,
-//! for 10% fewer requests a second (108–112k against 119–129k: wrk, now the one that waits,
-//! sends fewer); writes gained 5–8%.
+//! for 10% fewer requests a second (108–112k against 119–129k; 14–15% fewer in full benchmark
+//! runs: wrk, now the one that waits, sends fewer); creates and updates the same or 1–3% faster, the 90/10 read/write mix 8%
+//! slower (medians of three rounds).
 
 use std::{
     cell::Cell,
@@ -47,10 +48,9 @@ pub fn build(args: &ServeArgs) -> io::Result<Runtime> {
     builder.build()
 }
 
-/// The cores the runtime's threads are pinned to, in the order they took them; `None` when
-/// they are not pinned.
-pub fn pinned_cores() -> Option<&'static [usize]> {
-    PINNED_TO.get().map(Vec::as_slice)
+/// Whether the runtime's threads are pinned, each to a core of its own.
+pub fn pinned() -> bool {
+    PINNED_TO.get().is_some()
 }
 
 /// tokio's own default, which setting a count explicitly turns off: `TOKIO_WORKER_THREADS`,

@@ -346,7 +346,7 @@ pub async fn serve(db_args: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn std
     let (db, ()) = open_database(db_args, async |db| bootstrap_admin_key(db, addr).await).await?;
     let shutdown = shutdown_signal()?;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    let pinned = crate::runtime::pinned_cores().is_some();
+    let pinned = crate::runtime::pinned();
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), workers, pinned, "listening");
 
     let state = app_state(&db, db_args, args, oauth).await?;
