@@ -7,7 +7,7 @@
 //! Pinned, each core has one runtime thread, and what it shares its core with is whatever else
 //! runs on the machine. Measured on two cores shared with wrk (2026-12-01, Intel Xeon, six
 //! alternating 8 s rounds of GET by id): p99 0.42–0.49 ms pinned against 1.60–2.43 ms unpinned,
-//! for 10% fewer requests a second (108–112k against 119–129k; 8–15% fewer in full benchmark
+//! for 10% fewer requests a second (108–112k against 119–129k; 8–17% fewer in full benchmark
 //! runs: wrk, now the one that waits, sends fewer); creates and updates the same or 1–3%
 //! faster, the 90/10 read/write mix 8% slower (medians of three rounds). README, Performance,
 //! has the scheduler's statistics behind this.
