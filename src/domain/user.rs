@@ -26,6 +26,11 @@ impl UserName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The form searches and name sorts compare (stored as `name_search`): lowercased.
+    pub fn search_key(&self) -> String {
+        self.0.to_lowercase()
+    }
 }
 
 impl Role {

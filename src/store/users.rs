@@ -19,7 +19,7 @@ use super::{
     inline_reads::{stamp, timestamp},
 };
 use crate::{
-    domain::{Cursor, ListQuery, NewUser, SortField, SortKey, UserChanges},
+    domain::{Cursor, ListQuery, NewUser, SortField, SortKey, UserChanges, UserName},
     error::AppError,
     timestamp::Stamp,
 };
@@ -499,7 +499,7 @@ pub(super) async fn insert_many(
 /// The row a new user is stored as.
 fn new_row(user: NewUser, actor: &str, now: DateTime<Utc>) -> ActiveModel {
     ActiveModel {
-        name_search: Set(user.name.as_str().to_lowercase()),
+        name_search: Set(user.name.search_key()),
         name: Set(user.name.as_str().to_owned()),
         role: Set(user.role.as_str().to_owned()),
         email_key: Set(user.email.as_ref().map(|e| e.key())),
@@ -543,7 +543,7 @@ pub(super) async fn apply_update(
         .filter(Column::Id.eq(id));
     if let Some(name) = changes.name {
         statement = statement
-            .col_expr(Column::NameSearch, Expr::val(name.as_str().to_lowercase()))
+            .col_expr(Column::NameSearch, Expr::val(name.search_key()))
             .col_expr(Column::Name, Expr::val(name.as_str()));
     }
     if let Some(role) = changes.role {
@@ -625,10 +625,7 @@ pub(super) async fn update_many(
                 id: update.id,
                 version: update.expected_version,
                 name: changes.name.as_ref().map(|name| name.as_str()),
-                name_search: changes
-                    .name
-                    .as_ref()
-                    .map(|name| name.as_str().to_lowercase()),
+                name_search: changes.name.as_ref().map(UserName::search_key),
                 role: changes.role.as_ref().map(|role| role.as_str()),
                 set_email: email.is_some(),
                 email: email.and_then(|email| email.as_ref().map(|email| email.as_str())),
