@@ -24,15 +24,9 @@ fn threads(app: &TestApp) -> Vec<Thread> {
         ) else {
             continue;
         };
-        let cores = status
-            .lines()
-            .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim()
-            .to_owned();
         threads.push(Thread {
             name: name.trim().to_owned(),
-            cores,
+            cores: allowed_cores(&status),
         });
     }
     threads
@@ -50,7 +44,11 @@ async fn listening(app: &TestApp) -> (usize, bool) {
 /// The cores the process may use, as the kernel lists them: its main thread's, which never
 /// pins itself.
 fn process_cores(app: &TestApp) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap();
+    allowed_cores(&std::fs::read_to_string(format!("/proc/{}/status", app.pid())).unwrap())
+}
+
+/// The `Cpus_allowed_list` of a `/proc/…/status` file, as the kernel writes it (`0-1`, say).
+fn allowed_cores(status: &str) -> String {
     status
         .lines()
         .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
