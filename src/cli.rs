@@ -2,15 +2,9 @@
 
 use std::io::{self, Write};
 
-use sea_orm::DatabaseConnection;
-
 use crate::{
-    api,
-    auth::audit,
-    config::KeysCommand,
-    domain::{NewApiKey, ScopeSet},
-    error::AppError,
-    store,
+    config::KeysCommand, domain::NewApiKey, domain::ScopeSet, error::AppError, http,
+    service::Service,
 };
 
 /// What a subcommand can fail with: the work itself, or printing its outcome.
@@ -39,14 +33,14 @@ impl CliError {
 /// Writes, unlike `println!`, return the error of a closed or full standard output instead
 /// of panicking on it.
 pub fn print_spec(out: &mut impl Write, yaml: bool) -> Result<(), CliError> {
-    let spec = api::spec(yaml);
+    let spec = http::spec(yaml);
     // The committed copy must equal this output byte for byte; end with exactly one newline.
     writeln!(out, "{}", spec.trim_end())?;
     Ok(out.flush()?)
 }
 
 pub async fn keys(
-    db: &DatabaseConnection,
+    service: &Service,
     command: KeysCommand,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
@@ -61,15 +55,11 @@ pub async fn keys(
                 scopes: ScopeSet::new(scopes),
                 expires_at,
             };
-            let (key, secret) = store::api_keys::create(db, &new_key, None).await?;
-            let scopes = &new_key.scopes;
-            audit::key_created(&key, "cli");
+            let (key, secret) = service.create_api_key_as_operator(new_key, "cli").await?;
             let shown = writeln!(
                 out,
                 "Created API key {} ({}) with scopes: {}. Store it now; it is not shown again:",
-                key.id,
-                key.name,
-                scopes.to_stored()
+                key.id, key.name, key.scopes
             )
             // Last line, alone, so scripts can take it with `tail -n 1`.
             .and_then(|()| writeln!(out, "{}", secret.plaintext()))
@@ -81,13 +71,13 @@ pub async fn keys(
                 out,
                 "ID\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tREVOKED\tNAME"
             )?;
+            let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
+                at.map_or("-".to_owned(), |at| at.to_rfc3339())
+            };
             let mut after = None;
             loop {
-                let page = store::api_keys::list(db, after.as_ref(), 200).await?;
+                let page = service.list_api_keys_as_operator(after.as_ref()).await?;
                 for key in &page.items {
-                    let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
-                        at.map_or("-".to_owned(), |at| at.to_rfc3339())
-                    };
                     writeln!(
                         out,
                         "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
@@ -108,8 +98,7 @@ pub async fn keys(
             }
         }
         KeysCommand::Revoke { id } => {
-            let key = store::api_keys::revoke(db, id).await?;
-            audit::key_revoked(&key, "cli");
+            let key = service.revoke_api_key_as_operator(id).await?;
             writeln!(out, "Revoked API key {} ({}).", key.id, key.name)?;
         }
     }

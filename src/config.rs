@@ -1,15 +1,19 @@
-//! Command line and environment: every setting in one place, documented by `--help`.
+//! Command line and environment: every setting in one place, documented by `--help`, read once
+//! and turned into the plain settings each layer takes. Nothing below `startup` sees clap.
 
 use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
-    auth::{
-        OAuthFlowUrls,
+    domain::{NewApiKey, Scope},
+    http::{self, OAuthFlowUrls},
+    service::{
+        self, Limits,
         oauth::{JwksSource, OAuthSettings},
     },
-    domain::Scope,
+    store::{DbSettings, SqliteSettings},
+    telemetry::LogFormat,
 };
 
 /// users-api: a versioned, documented, authenticated REST API for users.
@@ -59,10 +63,10 @@ pub enum KeysCommand {
     /// Create a key; its secret is printed once, as the last line of standard output.
     Create {
         /// A label saying who or what uses the key.
-        #[arg(long)]
+        #[arg(long, value_parser = NewApiKey::parse_name)]
         name: String,
         /// A scope to grant (users:read, users:write, admin); repeat for several.
-        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        #[arg(long = "scope", required = true, value_parser = Scope::parse)]
         scopes: Vec<Scope>,
         /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z); never if omitted.
         #[arg(long, value_parser = parse_expiry)]
@@ -77,18 +81,8 @@ pub enum KeysCommand {
     },
 }
 
-fn parse_scope(raw: &str) -> Result<Scope, String> {
-    Scope::parse(raw)
-}
-
 fn parse_expiry(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    let at = chrono::DateTime::parse_from_rfc3339(raw)
-        .map_err(|err| format!("not an RFC 3339 date-time: {err}"))?
-        .to_utc();
-    if at <= chrono::Utc::now() {
-        return Err("the expiry must lie in the future".into());
-    }
-    Ok(at)
+    NewApiKey::parse_expiry(raw, chrono::Utc::now())
 }
 
 /// Settings every command that touches the database shares; accepted before or after the
@@ -104,8 +98,8 @@ pub struct DbArgs {
     )]
     pub database_url: String,
     /// Log format: `pretty` for people, `json` for log collectors.
-    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    pub log_format: LogFormat,
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
+    pub log_format: LogFormatArg,
     /// Most connections this process keeps open to the database (on SQLite, plus the one user
     /// writes go through).
     #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
@@ -130,17 +124,15 @@ pub struct DbArgs {
     /// process (kill -9); `full` also through power loss, at a cost in write throughput.
     #[arg(long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_synchronous: SqliteSync,
-    /// How much the SQLite write-ahead log may hold, in MiB, before the writer copies it all
-    /// back and starts it over (holding writes up for a few ms); its file is then cut back to
-    /// this size. Without it, steady writes would grow the log without end.
-    #[arg(long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    /// How much the SQLite write-ahead log may hold, in MiB, before it is started over (writes
+    /// wait a few ms for that) and its file cut back to this size. 0 leaves checkpoints to
+    /// SQLite, which runs them inside whichever commit crosses 1,000 pages.
+    #[arg(long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub sqlite_wal_limit_mib: u32,
-    /// Who may open the SQLite file while this process has it: `shared` lets other processes
-    /// in too (the `keys` commands while the server runs, `sqlite3`, a backup); `exclusive`
-    /// keeps them out for the process's lifetime, which spares every read its file-lock system
-    /// calls (GET by id: 8–16% more requests a second, measured).
-    #[arg(long, global = true, env = "SQLITE_LOCKING", value_enum, default_value_t = SqliteLocking::Shared)]
-    pub sqlite_locking: SqliteLocking,
+    /// Commit concurrent user writes on SQLite together, a transaction for up to 64 of them
+    /// (each answered after that commit); `false` gives each its own transaction.
+    #[arg(long, global = true, env = "SQLITE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sqlite_group_commit: bool,
     /// At start, how long to keep retrying a database that is not up yet, in seconds.
     #[arg(
         long,
@@ -151,22 +143,40 @@ pub struct DbArgs {
     pub db_startup_wait_secs: u64,
 }
 
+impl DbArgs {
+    pub fn settings(&self) -> DbSettings {
+        DbSettings {
+            url: self.database_url.clone(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_secs(self.db_acquire_timeout_secs.max(1)),
+            statement_timeout: (self.db_statement_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.db_statement_timeout_secs)),
+            startup_wait: Duration::from_secs(self.db_startup_wait_secs),
+            sqlite: SqliteSettings {
+                sync_full: self.sqlite_synchronous == SqliteSync::Full,
+                wal_limit_bytes: u64::from(self.sqlite_wal_limit_mib) << 20,
+                group_commit: self.sqlite_group_commit,
+            },
+        }
+    }
+
+    pub fn log_format(&self) -> LogFormat {
+        match self.log_format {
+            LogFormatArg::Pretty => LogFormat::Pretty,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line `listening` names it).
     #[arg(long, env = "BIND", default_value = "127.0.0.1:5000")]
     pub bind: SocketAddr,
     /// Threads that serve requests; one per core if not given (the log line `listening` says
-    /// how many). Fewer leave cores to another busy process on the machine: sharing two cores
-    /// with the load generator, one thread served GET by id faster, with half the p99 or less.
+    /// how many). Fewer leave cores to other busy processes on the machine.
     #[arg(long, env = "WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
-    /// Pin the threads that serve requests one to each core, when they are one per core this
-    /// process may run on (the default count); `false` leaves them to the kernel to move. Pinned,
-    /// two of them never queue for one core while another busy process has the other, which on
-    /// two cores shared with the load generator cut GET by id's p99 from ~2 ms to ~0.5 ms.
-    #[arg(long, env = "PIN_WORKERS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pin_workers: bool,
     /// Largest request body accepted, in bytes; larger ones get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -180,11 +190,11 @@ pub struct ServeArgs {
     /// Most API keys kept in that cache.
     #[arg(long, env = "KEY_CACHE_CAPACITY", default_value_t = 10_000)]
     pub key_cache_capacity: usize,
-    /// Memory for users kept as GET by id sent them (body and ETag), on SQLite, in MiB: kept
-    /// only while the database has not changed since they were read, so never stale. 0: off.
+    /// Memory for users kept as GET by id sent them, in MiB, on SQLite: kept only while the
+    /// database has not changed since they were read, so never stale. 0: off.
     #[arg(long, env = "USER_CACHE_MIB", default_value_t = 4)]
     pub user_cache_mib: usize,
-    /// Memory for pages kept as a listing sent them, by query string, on SQLite, in MiB; kept
+    /// Memory for pages kept as a listing sent them, by query string, in MiB, on SQLite; kept
     /// as users are. 0: off.
     #[arg(long, env = "PAGE_CACHE_MIB", default_value_t = 8)]
     pub page_cache_mib: usize,
@@ -230,6 +240,40 @@ pub struct ServeArgs {
     pub oauth: OAuthArgs,
 }
 
+impl ServeArgs {
+    /// The service's settings; an error for a half-configured identity provider.
+    pub fn service_settings(&self) -> Result<service::Settings, String> {
+        Ok(service::Settings {
+            require_if_match: self.require_if_match,
+            idempotency_ttl: chrono::Duration::seconds(self.idempotency_ttl_secs.max(1) as i64),
+            key_cache_ttl: Duration::from_secs(self.key_cache_ttl_secs),
+            key_cache_capacity: self.key_cache_capacity,
+            key_usage_flush: Duration::from_secs(self.key_usage_flush_secs.max(1)),
+            limits: Limits {
+                per_principal: self.rate_limit,
+                per_ip: self.rate_limit_anonymous,
+                window: Duration::from_secs(self.rate_limit_window_secs.max(1)),
+                sync: Duration::from_millis(self.rate_limit_sync_ms.max(10)),
+            },
+            oauth: self.oauth.settings()?,
+        })
+    }
+
+    pub fn http_settings(&self) -> http::Settings {
+        const MIB: usize = 1024 * 1024;
+        http::Settings {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
+            trust_forwarded_for: self.trust_forwarded_for,
+            metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
+            cors_allow_origins: self.cors_allow_origins.clone(),
+            user_cache_bytes: self.user_cache_mib * MIB,
+            page_cache_bytes: self.page_cache_mib * MIB,
+            oauth_flows: self.oauth.flow_urls(),
+        }
+    }
+}
+
 /// OAuth 2.0 access tokens: off unless issuer, audience and JWKS are all given.
 #[derive(Debug, Clone, Args)]
 pub struct OAuthArgs {
@@ -258,7 +302,7 @@ pub struct OAuthArgs {
 
 impl OAuthArgs {
     /// `None` when OAuth is off; an error when it is half configured, which is never intended.
-    pub fn settings(&self) -> Result<Option<OAuthSettings>, String> {
+    fn settings(&self) -> Result<Option<OAuthSettings>, String> {
         match (
             &self.oauth_issuer,
             &self.oauth_audience,
@@ -279,7 +323,7 @@ impl OAuthArgs {
     }
 
     /// The flow endpoints to show in the live spec, when both are configured.
-    pub fn flow_urls(&self) -> Option<OAuthFlowUrls> {
+    fn flow_urls(&self) -> Option<OAuthFlowUrls> {
         Some(OAuthFlowUrls {
             authorization_url: self.oauth_authorization_url.clone()?,
             token_url: self.oauth_token_url.clone()?,
@@ -294,13 +338,7 @@ pub enum SqliteSync {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SqliteLocking {
-    Shared,
-    Exclusive,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
+pub enum LogFormatArg {
     Pretty,
     Json,
 }

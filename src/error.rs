@@ -1,28 +1,11 @@
-//! The one error type below the handlers, and how each case reads to a client.
+//! The one error type below the HTTP layer. Each case is a distinct kind of failure a client
+//! can meet; `http::problem` decides how it reads on the wire (status, problem type, headers).
 
-use poem::{error::ResponseError, http::StatusCode};
 use sea_orm::DbErr;
 
-use crate::domain::Scope;
+use crate::domain::{FieldError, Scope};
 
-/// A problem with one member of a request body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// JSON Pointer (RFC 6901) to the offending member: `/name`, or `` for the whole body.
-    pub pointer: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            pointer: pointer.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Everything that can go wrong in the service, each case a distinct client-facing problem.
+/// Everything that can go wrong in the service.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{resource} {id} does not exist")]
@@ -62,6 +45,7 @@ pub enum AppError {
     /// A dependency is briefly out of reach; retrying later may succeed.
     #[error("{0}")]
     Unavailable(String),
+    /// A failure of the database that is not the client's doing; its cause is logged, never sent.
     #[error("database error: {0}")]
     Database(#[source] DbErr),
 }
@@ -84,93 +68,6 @@ impl AppError {
             AppError::Unavailable(_) => "unavailable",
             AppError::Forbidden { .. } => "insufficient-scope",
             AppError::Database(_) => "internal-error",
-        }
-    }
-}
-
-impl AppError {
-    /// The RFC 6750 `WWW-Authenticate` challenge that goes with this error, if any.
-    pub fn challenge(&self) -> Option<String> {
-        match self {
-            AppError::MissingCredentials => Some("Bearer".into()),
-            AppError::InvalidToken(description) => Some(format!(
-                "Bearer error=\"invalid_token\", error_description=\"{}\"",
-                quoted_string_safe(description)
-            )),
-            AppError::Forbidden { needed } => Some(format!(
-                "Bearer error=\"insufficient_scope\", scope=\"{needed}\""
-            )),
-            _ => None,
-        }
-    }
-}
-
-/// RFC 6750 limits `error_description` to printable ASCII without `"` and `\`.
-fn quoted_string_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '"' | '\\' => '\'',
-            ' '..='~' => c,
-            _ => '?',
-        })
-        .collect()
-}
-
-impl From<DbErr> for AppError {
-    /// Losing the database is an outage to wait out (503), not a bug (500).
-    fn from(err: DbErr) -> Self {
-        if is_transient(&err) {
-            tracing::warn!(error = %err, "database unavailable");
-            AppError::Unavailable("the database is unavailable; retry shortly".into())
-        } else {
-            AppError::Database(err)
-        }
-    }
-}
-
-/// Whether a database error means "not reachable right now" rather than "this query is wrong".
-pub fn is_transient(err: &DbErr) -> bool {
-    use sea_orm::{RuntimeErr, sqlx::Error as Sqlx};
-    match err {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
-            match sqlx.as_ref() {
-                Sqlx::Io(_)
-                | Sqlx::Tls(_)
-                | Sqlx::Protocol(_)
-                | Sqlx::PoolTimedOut
-                | Sqlx::PoolClosed
-                | Sqlx::WorkerCrashed => true,
-                // SQLSTATE classes 08 (connection exception), 53 (insufficient resources) and
-                // 57 (operator intervention: shutdown, statement timeout).
-                Sqlx::Database(db) => db.code().is_some_and(|code| {
-                    ["08", "53", "57"]
-                        .iter()
-                        .any(|class| code.starts_with(class))
-                }),
-                _ => false,
-            }
-        }
-        _ => false,
-    }
-}
-
-impl ResponseError for AppError {
-    fn status(&self) -> StatusCode {
-        match self {
-            AppError::NotFound { .. } | AppError::KeyRevoked { .. } => StatusCode::NOT_FOUND,
-            AppError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
-            AppError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
-            AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Conflict(_) => StatusCode::CONFLICT,
-            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::MissingCredentials | AppError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
-            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

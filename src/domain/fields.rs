@@ -2,10 +2,25 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::FieldError;
+/// A problem with one member of a request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON Pointer (RFC 6901) to the offending member: `/name`, or `` for the whole body.
+    pub pointer: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+}
 
 /// Collects every field problem in one pass, so a client fixes its request in one round trip.
-pub struct FieldReader<'a> {
+pub(super) struct FieldReader<'a> {
     object: &'a Map<String, Value>,
     errors: Vec<FieldError>,
 }
@@ -119,11 +134,12 @@ impl<'a> FieldReader<'a> {
     }
 }
 
-/// Trims `raw` and checks its length in characters (not bytes, so "José" is four).
+/// The rule of every free-text field (a name, a role, a key's label): at most `max` characters
+/// as sent (not bytes, so "José" is four), stored trimmed, not blank, no control characters.
 ///
-/// The limit counts the value as sent, surrounding whitespace included, so it matches the
-/// `maxLength` the spec publishes: a client validating against the spec never sends what the
-/// server would refuse, and the server refuses everything the spec calls too long.
+/// The limit counts the value as sent, surrounding whitespace included, because that is what
+/// a JSON Schema `maxLength` counts: a client validating against the spec never sends what
+/// the server would refuse, and the server refuses everything the spec calls too long.
 pub fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
     let len = raw.chars().count();
     if len > max {
@@ -137,4 +153,21 @@ pub fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
         return Err("must not contain control characters".into());
     }
     Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_counted_in_characters_and_free_of_controls() {
+        assert_eq!(bounded_text("  Alice ", 100).unwrap(), "Alice");
+        assert!(bounded_text(&"é".repeat(100), 100).is_ok());
+        assert!(bounded_text(&"é".repeat(101), 100).is_err());
+        // Surrounding whitespace counts, as the spec's maxLength counts it.
+        assert!(bounded_text(&format!(" {} ", "a".repeat(99)), 100).is_err());
+        assert!(bounded_text("   ", 100).is_err());
+        assert!(bounded_text("a\u{0}b", 100).is_err());
+        assert!(bounded_text("a\u{85}b", 100).is_err());
+    }
 }

@@ -1,14 +1,15 @@
+//! A user's fields and the two shapes a client writes them in.
+
 use email_address::{EmailAddress, Options};
 use serde_json::Value;
 
-use super::fields::{FieldReader, bounded_text};
-use crate::error::FieldError;
+use super::fields::{FieldError, FieldReader, bounded_text};
 
-/// A user's display name: 1..=100 characters after trimming, no control characters.
+/// A user's display name: 1..=100 characters, stored trimmed, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserName(String);
 
-/// A free-text role such as "Developer": 1..=50 characters after trimming.
+/// A free-text role such as "Developer": 1..=50 characters, stored trimmed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Role(String);
 
@@ -47,13 +48,17 @@ impl Role {
 
 impl Email {
     /// RFC 5321 caps a forward path at 256 octets including the angle brackets.
-    pub const MAX_LEN: usize = 254;
+    pub const MAX_CHARS: usize = 254;
 
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let text = raw.trim();
-        if text.len() > Self::MAX_LEN {
-            return Err(format!("must be at most {} bytes", Self::MAX_LEN));
+        let len = raw.chars().count();
+        if len > Self::MAX_CHARS {
+            return Err(format!(
+                "must be at most {} characters, got {len}",
+                Self::MAX_CHARS
+            ));
         }
+        let text = raw.trim();
         // Display text ("Ann <ann@x.org>") and domain literals are legal in mail headers but
         // not what anyone means by a user's address; a dotted domain rules out typos like `a@b`.
         let options = Options::default()
@@ -131,6 +136,19 @@ impl UserChanges {
     }
 }
 
+/// What a write's `If-Match` asks of the user's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMatch {
+    /// No condition was sent.
+    Absent,
+    /// `*`: the user only has to exist.
+    Any,
+    /// The write happens only at this version.
+    Version(i64),
+    /// No tag sent can ever be current for this user (a weak tag, another user's, garbage).
+    Never,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -144,6 +162,7 @@ mod tests {
         assert!(UserName::parse(&"é".repeat(101)).is_err());
         assert!(UserName::parse("   ").is_err());
         assert!(UserName::parse("a\u{0}b").is_err());
+        assert_eq!(UserName::parse("ZoË").unwrap().search_key(), "zoë");
     }
 
     #[test]
@@ -160,6 +179,8 @@ mod tests {
         ] {
             assert!(Email::parse(bad).is_err(), "{bad} should be rejected");
         }
+        let long = format!("{}@example.org", "a".repeat(250));
+        assert!(Email::parse(&long).unwrap_err().contains("at most 254"));
     }
 
     #[test]

@@ -1,293 +1,255 @@
-//! Database access: small functions over sea-orm, one module per table. Nothing here knows HTTP.
+//! Database access through sea-orm: one module per table, and one [`Store`] the layers above
+//! use whatever the engine. What is specific to an engine lives under [`sqlite`] and
+//! [`postgres`]. Nothing here knows HTTP.
 
 pub mod api_keys;
-pub mod group_commit;
 pub mod idempotency;
-pub mod inline_reads;
+mod postgres;
 pub mod rate_limits;
-pub mod read_cache;
-pub mod sqlite_memory;
-pub mod sqlite_threads;
+mod sqlite;
 pub mod users;
-pub mod wal_index;
-pub mod wal_limit;
 
 use std::{
-    path::PathBuf,
-    sync::{Arc, OnceLock},
-    time::Duration,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use chrono::{DateTime, SubsecRound, Utc};
 use migration::{Migrator, MigratorTrait};
-
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, PrimaryKeyTrait, QueryTrait, Statement, TransactionTrait,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, RuntimeErr,
+    sqlx,
 };
 
-use self::inline_reads::InlineReads;
+use crate::{domain::Cursor, error::AppError};
 
-use crate::{
-    config::{DbArgs, SqliteLocking, SqliteSync},
-    domain::Cursor,
-    error::AppError,
-};
+pub use self::sqlite::DataVersion;
+pub use self::users::{Recorded, UserWrite, Written};
 
-/// Opens the pool. For SQLite: the file is created if missing, WAL lets readers proceed
-/// beside the single writer, `synchronous=NORMAL` (the default) keeps every acknowledged commit
-/// through a process crash because the WAL is written before the commit returns (FULL adds
-/// an fsync per commit for power loss), the busy timeout queues writers instead of failing them, and
-/// foreign keys are enforced as on other backends. For PostgreSQL: a statement timeout keeps a
-/// stuck query from holding a connection forever.
-pub async fn connect(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
-    refuse_if_held(&settings.database_url)?;
-    // Two at least: start-up holds one for the migration lock while migrating on another.
-    let mut options = options(settings, settings.db_max_connections.max(2), Role::Pool);
-    if settings.db_statement_timeout_secs > 0 {
-        options.statement_timeout(Duration::from_secs(settings.db_statement_timeout_secs));
-    }
-    Database::connect(options).await
+/// How to reach the database and how hard to try; built once from the configuration.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub url: String,
+    /// Connections in the pool (on SQLite, plus the writer's own).
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503.
+    pub acquire_timeout: Duration,
+    /// PostgreSQL aborts statements running longer than this.
+    pub statement_timeout: Option<Duration>,
+    /// How long start-up keeps retrying a database that is not up yet.
+    pub startup_wait: Duration,
+    pub sqlite: SqliteSettings,
 }
 
-/// Fails at once, with the reason, if another process holds the SQLite file alone (a server
-/// with `--sqlite-locking exclusive`). Left to the pool, every connection attempt would wait
-/// out its busy timeout and the caller would retry for `--db-startup-wait-secs`, to report a
-/// pool timeout in the end.
-fn refuse_if_held(url: &str) -> Result<(), DbErr> {
-    use sea_orm::sqlx::sqlite::SqliteConnectOptions;
-    let Some(options) = url
-        .starts_with("sqlite:")
-        .then(|| url.parse::<SqliteConnectOptions>().ok())
-        .flatten()
-    else {
-        return Ok(());
-    };
-    let path = options.get_filename();
-    if !path.is_file() {
-        return Ok(()); // Not created yet, or in memory.
-    }
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let read = rusqlite::Connection::open_with_flags(path, flags).and_then(|connection| {
-        // Long enough to ride out another process's brief exclusive moments (a recovery).
-        connection.busy_timeout(Duration::from_secs(1))?;
-        connection.query_row("PRAGMA schema_version", [], |_| Ok(()))
-    });
-    match read {
-        Err(err) if err.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
-            Err(DbErr::Custom(format!(
-                "{} is held by another process, which keeps every other one out (a server \
-                 started with --sqlite-locking exclusive?): stop it, or use the HTTP API",
-                path.display()
-            )))
-        }
-        // Anything else is for the pool to meet and report.
-        _ => Ok(()),
-    }
+/// What only SQLite has.
+#[derive(Debug, Clone)]
+pub struct SqliteSettings {
+    /// `synchronous=FULL` instead of `NORMAL`: survives power loss, not only a crash.
+    pub sync_full: bool,
+    /// The WAL is started over once it holds this many bytes; 0 leaves checkpoints to SQLite.
+    pub wal_limit_bytes: u64,
+    /// User writes committed in batches by one writer (see [`sqlite::writer`]); off, each is a
+    /// transaction of its own on the pool.
+    pub group_commit: bool,
 }
 
-/// The one connection through which a SQLite database's group commit writes users (see
-/// [`group_commit`]), beside the pool. Written through any pool connection, each of them
-/// prepared and cached its own copy of every statement a batch uses (a multi-row INSERT per
-/// row count, for users and for idempotency records, and the lookup of a run's keys).
-pub async fn connect_writer(settings: &DbArgs) -> Result<DatabaseConnection, DbErr> {
-    let mut options = options(settings, 1, Role::Writer);
-    options.min_connections(1);
-    Database::connect(options).await
-}
-
-/// How long a statement waits for a lock another connection holds: writers queue, not fail.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Statements the writer keeps prepared: every row count (1 to 64) of the users INSERT, of
-/// the idempotency-record INSERT and of the key lookup, and the few others a batch runs.
-const WRITER_STATEMENTS: usize = 256;
-
-/// Which connections [`options`] is for.
-#[derive(Clone, Copy)]
-enum Role {
-    Pool,
-    /// The group commit's own connection (see [`connect_writer`]).
-    Writer,
-}
-
-fn options(settings: &DbArgs, connections: u32, role: Role) -> ConnectOptions {
-    let mut options = ConnectOptions::new(&settings.database_url);
-    let synchronous = match settings.sqlite_synchronous {
-        SqliteSync::Normal => SqliteSynchronous::Normal,
-        SqliteSync::Full => SqliteSynchronous::Full,
-    };
-    let acquire = Duration::from_secs(settings.db_acquire_timeout_secs.max(1));
-    let wal_limit = wal_limit_bytes(settings);
-    let locking = settings.sqlite_locking;
-    options
-        .sqlx_logging(false)
-        .max_connections(connections)
-        .acquire_timeout(acquire)
-        .connect_timeout(acquire)
-        .map_sqlx_sqlite_opts(move |sqlite| {
-            let sqlite = sqlite
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(synchronous)
-                .busy_timeout(BUSY_TIMEOUT)
-                .foreign_keys(true)
-                // Checkpoints run in the background instead (`WalLimit`).
-                .pragma("wal_autocheckpoint", "0")
-                // A WAL reused from its start is cut back to this size at its next commit.
-                .pragma("journal_size_limit", wal_limit.to_string())
-                // sqlx's SQLite worker hands rows over a channel; one that holds a whole page
-                // (at most 201 rows) lets a query finish without a thread hand-off per row.
-                .row_buffer_size(256);
-            let sqlite = match locking {
-                SqliteLocking::Shared => sqlite,
-                SqliteLocking::Exclusive => sqlite.vfs(inline_reads::EXCLUSIVE_VFS),
-            };
-            match role {
-                Role::Pool => sqlite,
-                Role::Writer => sqlite
-                    .statement_cache_capacity(WRITER_STATEMENTS)
-                    // A multi-row INSERT inside a transaction keeps a statement journal (to undo
-                    // that statement alone if it fails); past 64 KiB, which nearly every batch's
-                    // INSERT passed, SQLite moved it to a temporary file, created and unlinked
-                    // for each batch in /var/tmp (strace under POST load: 21% of the writer's
-                    // writes). Kept in memory instead; it never held anything a crash needs, and
-                    // a batch's is bounded by its 64 rows. The pool keeps the default (files),
-                    // so that a large sort or temporary b-tree there can still spill to disk.
-                    .pragma("temp_store", "memory"),
-            }
-        });
-    options
-}
-
-/// `--sqlite-wal-limit-mib` in bytes: the WAL is restarted from its beginning, and its file cut
-/// back to this size, once it holds this much (see [`wal_limit::WalLimit`]).
-fn wal_limit_bytes(settings: &DbArgs) -> u64 {
-    u64::from(settings.sqlite_wal_limit_mib) * 1024 * 1024
-}
-
-/// Where reads go: on SQLite first the request's own thread (see [`inline_reads`]), and the
-/// pool for whatever that declines; elsewhere the pool.
+/// The database, with whatever the engine needs beside the pool.
 #[derive(Clone)]
-pub struct Reads {
-    pool: DatabaseConnection,
-    inline: Option<Arc<InlineReads>>,
+pub struct Store {
+    db: DatabaseConnection,
+    engine: Engine,
 }
 
-impl Reads {
-    /// `locking` is the `--sqlite-locking` the pool was opened with: the inline connections
-    /// must open the file the same way.
-    pub async fn new(pool: &DatabaseConnection, locking: SqliteLocking) -> Result<Self, DbErr> {
-        Ok(Reads {
-            pool: pool.clone(),
-            inline: InlineReads::for_database(pool, locking).await?,
+#[derive(Clone)]
+enum Engine {
+    /// Opened for a command (`migrate`, `keys`): the pool alone.
+    Plain,
+    /// Serving on SQLite: the writer and the change detector.
+    Sqlite(Arc<sqlite::Serving>),
+}
+
+impl Store {
+    /// Connects, migrates, then runs `first_start` (first-start work such as minting the
+    /// bootstrap key) under the migration lock. A database that is not up yet is retried with
+    /// backoff until `startup_wait` runs out, each failure logged.
+    pub async fn open<T>(
+        settings: &DbSettings,
+        first_start: impl AsyncFn(&Store) -> Result<T, AppError>,
+    ) -> Result<(Store, T), AppError> {
+        let deadline = Instant::now() + settings.startup_wait;
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1.. {
+            let outcome = match connect(settings).await {
+                Ok(db) => {
+                    let store = Store {
+                        db,
+                        engine: Engine::Plain,
+                    };
+                    store
+                        .migrate(async |store| first_start(store).await)
+                        .await
+                        .map(|value| (store, value))
+                }
+                Err(err) => Err(AppError::from(err)),
+            };
+            match outcome {
+                Err(AppError::Unavailable(reason)) if Instant::now() + delay < deadline => {
+                    tracing::warn!(
+                        attempt,
+                        retry_in_ms = delay.as_millis() as u64,
+                        %reason,
+                        "database not reachable yet; retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(AppError::Unavailable(reason)) => {
+                    return Err(AppError::Unavailable(format!(
+                        "gave up on the database after {attempt} attempts: {reason}"
+                    )));
+                }
+                other => {
+                    if attempt > 1 && other.is_ok() {
+                        tracing::info!(attempt, "database reachable");
+                    }
+                    return other;
+                }
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// The store as a server uses it: on SQLite, user writes go through one batching writer
+    /// and the WAL is kept within its limit (see [`sqlite`]).
+    pub async fn serve(self, settings: &DbSettings) -> Result<Store, AppError> {
+        if self.backend() != DbBackend::Sqlite {
+            return Ok(self);
+        }
+        let serving = sqlite::Serving::start(&self.db, settings).await?;
+        Ok(Store {
+            engine: Engine::Sqlite(Arc::new(serving)),
+            ..self
         })
     }
 
-    /// Every read on the pool (what the inline path is checked against).
-    pub fn pool_only(pool: &DatabaseConnection) -> Self {
-        Reads {
-            pool: pool.clone(),
-            inline: None,
+    fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// A token that changes whenever any connection, in any process, commits to the database;
+    /// `None` when the engine cannot tell (PostgreSQL, a database in memory, not serving).
+    pub fn data_version(&self) -> Option<DataVersion> {
+        match &self.engine {
+            Engine::Sqlite(serving) => serving.data_version(),
+            Engine::Plain => None,
         }
     }
 
-    pub fn inline(&self) -> Option<&InlineReads> {
-        self.inline.as_deref()
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), AppError> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
     }
 
-    /// The inline reads, to share with a cache of what they read (see `read_cache`).
-    pub fn inline_shared(&self) -> Option<Arc<InlineReads>> {
-        self.inline.clone()
+    /// Connections of the pool in use and idle, for the metrics.
+    pub fn pool_connections(&self) -> (u32, u32) {
+        match self.backend() {
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                let idle = pool.num_idle() as u32;
+                (pool.size().saturating_sub(idle), idle)
+            }
+            DbBackend::Postgres => {
+                let pool = self.db.get_postgres_connection_pool();
+                let idle = pool.num_idle() as u32;
+                (pool.size().saturating_sub(idle), idle)
+            }
+            _ => (0, 0),
+        }
     }
 
-    /// The backend the statements given to [`Reads::pooled`] must be built for.
-    pub fn backend(&self) -> DbBackend {
-        self.pool.get_database_backend()
+    /// Closes every connection: what was committed stays.
+    pub async fn close(self) -> Result<(), AppError> {
+        if let Engine::Sqlite(serving) = self.engine {
+            serving.stop().await;
+        }
+        Ok(self.db.close().await?)
     }
 
-    /// The rows `statement` finds, read on the pool: every read on PostgreSQL, and on SQLite
-    /// one that could not run inline.
-    pub async fn pooled<T>(&self, statement: Statement) -> Result<Vec<T>, DbErr>
-    where
-        T: FromQueryResult + Send + Sync,
-    {
-        T::find_by_statement(statement).all(&self.pool).await
-    }
-
-    /// The row of `E` whose primary key is `id`, if any. The SQL is the same for every id, so
-    /// it is built once, into `sql`, and only the id is bound: building it with sea-query took
-    /// 14% of the instructions of a GET by id (callgrind).
-    pub async fn by_id<E>(
+    /// Brings the schema up to date; safe on every start and from several instances at once
+    /// (on PostgreSQL they take turns on an advisory lock, so each migration runs once).
+    /// `then` runs under the same lock.
+    async fn migrate<T>(
         &self,
-        sql: &'static OnceLock<String>,
-        id: i64,
-        from_row: fn(&rusqlite::Row) -> rusqlite::Result<E::Model>,
-    ) -> Result<Option<E::Model>, DbErr>
-    where
-        E: EntityTrait,
-        E::Model: FromQueryResult + Send + Sync,
-        <E::PrimaryKey as PrimaryKeyTrait>::ValueType: From<i64>,
-    {
-        if let Some(inline) = &self.inline {
-            let sql = sql.get_or_init(|| E::find_by_id(0).build(DbBackend::Sqlite).sql);
-            let statement =
-                Statement::from_sql_and_values(DbBackend::Sqlite, sql.clone(), [id.into()]);
-            if let Some(rows) = inline.query(&statement, from_row) {
-                return Ok(rows.into_iter().next());
+        then: impl AsyncFnOnce(&Store) -> Result<T, AppError>,
+    ) -> Result<T, AppError> {
+        let lock = postgres::MigrationLock::take(&self.db).await?;
+        Migrator::up(&self.db, None).await?;
+        let outcome = then(self).await;
+        if let Some(lock) = lock {
+            lock.release().await?;
+        }
+        outcome
+    }
+}
+
+/// Opens the pool, with each engine's settings.
+async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+    // Two at least: start-up holds one for the migration lock while migrating on another.
+    let mut options = ConnectOptions::new(&settings.url);
+    options
+        .sqlx_logging(false)
+        .max_connections(settings.max_connections.max(2))
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_timeout(settings.acquire_timeout);
+    if let Some(timeout) = settings.statement_timeout {
+        options.statement_timeout(timeout);
+    }
+    sqlite::configure(&mut options, &settings.sqlite);
+    Database::connect(options).await
+}
+
+impl From<DbErr> for AppError {
+    /// Losing the database is an outage to wait out (503), not a bug (500).
+    fn from(err: DbErr) -> Self {
+        if is_transient(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            AppError::Unavailable("the database is unavailable; retry shortly".into())
+        } else {
+            AppError::Database(err)
+        }
+    }
+}
+
+/// Whether a database error means "not reachable right now" rather than "this query is wrong".
+pub fn is_transient(err: &DbErr) -> bool {
+    use sqlx::Error as Sqlx;
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(sqlx)) | DbErr::Query(RuntimeErr::SqlxError(sqlx)) => {
+            match sqlx.as_ref() {
+                Sqlx::Io(_)
+                | Sqlx::Tls(_)
+                | Sqlx::Protocol(_)
+                | Sqlx::PoolTimedOut
+                | Sqlx::PoolClosed
+                | Sqlx::WorkerCrashed => true,
+                // SQLSTATE classes 08 (connection exception), 53 (insufficient resources) and
+                // 57 (operator intervention: shutdown, statement timeout).
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    ["08", "53", "57"]
+                        .iter()
+                        .any(|class| code.starts_with(class))
+                }),
+                _ => false,
             }
         }
-        E::find_by_id(id).one(&self.pool).await
+        _ => false,
     }
 }
 
-/// The file of a SQLite database; `None` on other backends and for a database that lives
-/// only in memory.
-pub async fn database_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, DbErr> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return Ok(None);
-    }
-    let main = Statement::from_string(
-        DbBackend::Sqlite,
-        "SELECT file FROM pragma_database_list WHERE name = 'main'",
-    );
-    let file: String = match db.query_one_raw(main).await? {
-        Some(row) => row.try_get("", "file")?,
-        None => return Ok(None),
-    };
-    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
-}
-
-/// Brings the schema up to date; safe to run on every start, and from several instances at
-/// once: on PostgreSQL an advisory lock makes them take turns, so each migration runs once.
-/// `then` runs under the same lock (first-start work such as the bootstrap key).
-pub async fn migrate<T>(
-    db: &DatabaseConnection,
-    then: impl AsyncFnOnce(&DatabaseConnection) -> Result<T, AppError>,
-) -> Result<T, AppError> {
-    let lock = match db.get_database_backend() {
-        DbBackend::Postgres => {
-            let txn = db.begin().await?;
-            txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
-                .await?;
-            Some(txn)
-        }
-        _ => None,
-    };
-    Migrator::up(db, None).await?;
-    let outcome = then(db).await;
-    if let Some(txn) = lock {
-        txn.commit().await?;
-    }
-    outcome
-}
-
-/// An arbitrary constant naming the migration lock among the database's advisory locks.
-const MIGRATION_LOCK: i64 = 0x7573_6572_7361_7069; // "usersapi"
-
-/// One page of a listing in id order, and where the next one starts if there is one.
+/// One page of a listing, and where the next one starts if there is one.
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<Cursor>,
@@ -296,7 +258,7 @@ pub struct Page<T> {
 impl<T> Page<T> {
     /// From up to `limit + 1` rows: the extra row only tells that another page exists, which
     /// spares a COUNT. `cursor` makes the continuation from the page's last row.
-    pub fn from_rows(mut rows: Vec<T>, limit: u64, cursor: impl Fn(&T) -> Cursor) -> Self {
+    fn from_rows(mut rows: Vec<T>, limit: u64, cursor: impl Fn(&T) -> Cursor) -> Self {
         let next = if rows.len() as u64 > limit {
             rows.truncate(limit as usize);
             rows.last().map(cursor)
@@ -314,39 +276,24 @@ pub fn now() -> DateTime<Utc> {
 }
 
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
-    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+pub(crate) mod tests {
+    use std::time::Duration;
 
-    use crate::config::Cli;
+    use super::{DbSettings, SqliteSettings};
 
-    /// The writer's settings, read back from SQLite: WAL, `synchronous=NORMAL`, no automatic
-    /// checkpoints (the background task's), and statement journals in memory.
-    #[tokio::test]
-    async fn the_writer_connection_is_set_up_for_group_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("writer.db").display());
-        let cli = Cli::parse_from(["users-api", "--database-url", &url]);
-        let writer = super::connect_writer(&cli.db).await.unwrap();
-        for (pragma, expected) in [
-            ("journal_mode", "wal"),
-            ("synchronous", "1"),
-            ("wal_autocheckpoint", "0"),
-            ("temp_store", "2"),
-        ] {
-            let row = writer
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Sqlite,
-                    format!("PRAGMA {pragma}"),
-                ))
-                .await
-                .unwrap()
-                .unwrap();
-            let value = row
-                .try_get_by_index::<String>(0)
-                .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
-                .unwrap();
-            assert_eq!(value, expected, "PRAGMA {pragma}");
+    /// A fresh SQLite database in `dir`, with the defaults a server runs with.
+    pub fn settings(dir: &tempfile::TempDir) -> DbSettings {
+        DbSettings {
+            url: format!("sqlite://{}", dir.path().join("test.db").display()),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: None,
+            startup_wait: Duration::from_secs(5),
+            sqlite: SqliteSettings {
+                sync_full: false,
+                wal_limit_bytes: 64 << 20,
+                group_commit: true,
+            },
         }
     }
 }

@@ -3,57 +3,54 @@
 use entity::rate_limit_windows::{ActiveModel, Column, Entity};
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    ColumnTrait, EntityTrait, QueryFilter,
+    sea_query::{Alias, Expr, ExprTrait, OnConflict},
 };
 
+use super::Store;
 use crate::error::AppError;
 
-/// Adds `hits` to a window and returns the window's total across all instances.
-pub async fn add(
-    db: &DatabaseConnection,
-    bucket: &str,
-    window_start: i64,
-    hits: i64,
-) -> Result<i64, AppError> {
-    let row = Entity::insert(ActiveModel {
-        bucket: Set(bucket.to_owned()),
-        window_start: Set(window_start),
-        hits: Set(hits),
-    })
-    .on_conflict(
-        OnConflict::columns([Column::Bucket, Column::WindowStart])
-            .value(
-                Column::Hits,
-                Expr::col((Entity, Column::Hits)).add(Expr::col((
-                    sea_orm::sea_query::Alias::new("excluded"),
+impl Store {
+    /// Adds `hits` to a window and returns the window's total across all instances.
+    pub async fn add_rate_limit_hits(
+        &self,
+        bucket: &str,
+        window_start: i64,
+        hits: i64,
+    ) -> Result<i64, AppError> {
+        let row = Entity::insert(ActiveModel {
+            bucket: Set(bucket.to_owned()),
+            window_start: Set(window_start),
+            hits: Set(hits),
+        })
+        .on_conflict(
+            OnConflict::columns([Column::Bucket, Column::WindowStart])
+                .value(
                     Column::Hits,
-                ))),
-            )
-            .to_owned(),
-    )
-    .exec_with_returning(db)
-    .await?;
-    Ok(row.hits)
-}
-
-/// The total of a window so far (0 if nobody has counted in it yet).
-pub async fn total(
-    db: &DatabaseConnection,
-    bucket: &str,
-    window_start: i64,
-) -> Result<i64, AppError> {
-    Ok(Entity::find_by_id((bucket.to_owned(), window_start))
-        .one(db)
-        .await?
-        .map_or(0, |row| row.hits))
-}
-
-/// Forgets windows that ended before `before` (Unix seconds).
-pub async fn purge_before(db: &DatabaseConnection, before: i64) -> Result<(), AppError> {
-    Entity::delete_many()
-        .filter(Column::WindowStart.lt(before))
-        .exec(db)
+                    Expr::col((Entity, Column::Hits))
+                        .add(Expr::col((Alias::new("excluded"), Column::Hits))),
+                )
+                .to_owned(),
+        )
+        .exec_with_returning(&self.db)
         .await?;
-    Ok(())
+        Ok(row.hits)
+    }
+
+    /// The total of a window so far (0 if nobody has counted in it yet).
+    pub async fn rate_limit_hits(&self, bucket: &str, window_start: i64) -> Result<i64, AppError> {
+        Ok(Entity::find_by_id((bucket.to_owned(), window_start))
+            .one(&self.db)
+            .await?
+            .map_or(0, |row| row.hits))
+    }
+
+    /// Forgets windows that started before `before` (Unix seconds).
+    pub async fn purge_rate_limit_windows(&self, before: i64) -> Result<(), AppError> {
+        Entity::delete_many()
+            .filter(Column::WindowStart.lt(before))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
 }

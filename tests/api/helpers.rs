@@ -58,17 +58,18 @@ fn postgres_admin(sql: String) {
 }
 
 /// Settings for opening the store directly, bypassing the server.
-pub fn db_args(url: &str) -> users_api::config::DbArgs {
-    users_api::config::DbArgs {
-        database_url: url.to_owned(),
-        log_format: users_api::config::LogFormat::Json,
-        db_max_connections: 2,
-        db_acquire_timeout_secs: 5,
-        db_statement_timeout_secs: 30,
-        db_startup_wait_secs: 5,
-        sqlite_synchronous: users_api::config::SqliteSync::Normal,
-        sqlite_wal_limit_mib: 64,
-        sqlite_locking: users_api::config::SqliteLocking::Shared,
+pub fn db_settings(url: &str) -> users_api::store::DbSettings {
+    users_api::store::DbSettings {
+        url: url.to_owned(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        statement_timeout: None,
+        startup_wait: Duration::from_secs(5),
+        sqlite: users_api::store::SqliteSettings {
+            sync_full: false,
+            wal_limit_bytes: 64 << 20,
+            group_commit: true,
+        },
     }
 }
 
@@ -407,13 +408,6 @@ fn drain(
 }
 
 impl TestApp {
-    /// The server's process id. (Only the SQLite suite reads it, to look at the server's
-    /// threads: pinning does not depend on the database.)
-    #[allow(dead_code)]
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -506,9 +500,7 @@ impl TestApp {
     #[allow(dead_code)]
     pub async fn write_around_api(&self, sql: &str, id: i64) {
         use sea_orm::{ConnectionTrait, DbBackend, Statement};
-        let db = users_api::store::connect(&db_args(&self.db.url))
-            .await
-            .unwrap();
+        let db = sea_orm::Database::connect(&self.db.url).await.unwrap();
         db.execute_raw(Statement::from_sql_and_values(
             DbBackend::Sqlite,
             sql,
@@ -542,8 +534,9 @@ impl TestApp {
         }
     }
 
-    /// Everything logged so far. The server writes its log buffer out every 100 ms, so this
-    /// first waits long enough for lines from requests already answered to arrive.
+    /// Everything logged so far. The server's log lines are written by a thread of their own
+    /// and read here by another, so this first waits long enough for lines from requests
+    /// already answered to arrive.
     pub async fn logs(&self) -> String {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.stderr.lock().unwrap().clone()

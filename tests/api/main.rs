@@ -15,7 +15,6 @@ mod listing;
 mod oauth;
 mod observability;
 mod query_plan;
-mod runtime;
 mod scale_out;
 mod sdk;
 mod spec;

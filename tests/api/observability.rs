@@ -90,7 +90,7 @@ async fn the_access_log_can_be_turned_off() {
             .filter(|event| event["message"] == "request")
             .count()
     };
-    for (filter, expected) in [("info", 1), ("info,users_api::api::edge=warn", 0)] {
+    for (filter, expected) in [("info", 1), ("info,users_api::http::edge=warn", 0)] {
         let db = Arc::new(TestDb::new());
         let (_, key) = db.create_key(&["admin"]);
         let url = db.url.clone();

@@ -1,5 +1,6 @@
 use std::collections::HashSet;
 
+use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 
 use crate::helpers::{
@@ -439,10 +440,19 @@ async fn concurrent_updates_with_clashing_emails_succeed_or_conflict_one_by_one(
     assert_all_stored(&app, &unchanged).await;
 }
 
+/// A connection of the test's own holding SQLite's write lock, until it commits.
+async fn hold_write_lock(url: &str) -> sea_orm::DatabaseConnection {
+    let mut options = sea_orm::ConnectOptions::new(url);
+    options.max_connections(1);
+    let lock = sea_orm::Database::connect(options).await.unwrap();
+    lock.execute_unprepared("BEGIN IMMEDIATE").await.unwrap();
+    lock
+}
+
 /// Concurrent updates of different users: each caller is answered with its own user as its
 /// own write left it, and each user's version counts its updates. On SQLite each round's
 /// updates queue behind a write lock the test holds, so that the group commit takes them as
-/// one batch and writes them in one statement.
+/// one batch.
 #[tokio::test]
 async fn concurrent_updates_of_different_users_each_answer_their_own() {
     let app = std::sync::Arc::new(spawn_app_with(&["--rate-limit", "0"]).await);
@@ -455,11 +465,10 @@ async fn concurrent_updates_of_different_users_each_answer_their_own() {
     }
     let mut written = Vec::new();
     for round in 1..=3 {
-        let lock = app.db.url.strip_prefix("sqlite://").map(|path| {
-            let lock = rusqlite::Connection::open(path).unwrap();
-            lock.execute_batch("BEGIN IMMEDIATE").unwrap();
-            lock
-        });
+        let lock = match crate::BACKEND {
+            crate::helpers::Backend::Sqlite => Some(hold_write_lock(&app.db.url).await),
+            crate::helpers::Backend::Postgres => None,
+        };
         let updates: Vec<_> = ids
             .iter()
             .map(|&id| {
@@ -485,7 +494,7 @@ async fn concurrent_updates_of_different_users_each_answer_their_own() {
             .collect();
         if let Some(lock) = lock {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-            lock.execute_batch("COMMIT").unwrap();
+            lock.execute_unprepared("COMMIT").await.unwrap();
         }
         written.clear();
         for update in updates {

@@ -1,18 +1,19 @@
 //! For operators and machines: liveness, readiness and metrics. Public, never rate-limited.
 
+use std::sync::Arc;
+
 use poem::{Request, http::header, web::Data};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     payload::{Json, PlainText},
 };
-use sea_orm::ConnectionTrait;
 use sha2::{Digest, Sha256};
 
 use super::{
-    ApiTags,
+    ApiTags, State,
     problem::{ApiResult, LiveErrors, MetricsErrors, ReadyErrors},
 };
-use crate::{error::AppError, startup::AppState};
+use crate::error::AppError;
 
 /// A health verdict.
 #[derive(Debug, Clone, Object)]
@@ -77,30 +78,23 @@ impl OperationsApi {
     ///
     /// 200 when the database answers, else 503: take the instance out of the load balancer.
     #[oai(path = "/health/ready", method = "get", operation_id = "getReadiness")]
-    async fn ready(&self, state: Data<&AppState>) -> ApiResult<ReadyResponse, ReadyErrors> {
-        state
-            .db
-            .execute_unprepared("SELECT 1")
-            .await
-            .map_err(|err| {
-                tracing::warn!(error = %err, "readiness check failed");
-                AppError::Unavailable("the database does not answer".into())
-            })?;
+    async fn ready(&self, state: Data<&Arc<State>>) -> ApiResult<ReadyResponse, ReadyErrors> {
+        state.service.ready().await?;
         Ok(ReadyResponse::Ok(ok()))
     }
 
     /// Metrics
     ///
-    /// Requests by operation and status, latency histograms, database pool use, SQLite reads
-    /// answered inline or handed to the pool, and rate-limit refusals, for Prometheus. When the
-    /// server has a `--metrics-token`, send it as `Authorization: Bearer <token>`.
+    /// Requests by operation and status, latency histograms, database pool use, read-cache
+    /// lookups and rate-limit refusals, for Prometheus. When the server has a
+    /// `--metrics-token`, send it as `Authorization: Bearer <token>`.
     #[oai(path = "/metrics", method = "get", operation_id = "getMetrics")]
     async fn metrics(
         &self,
-        state: Data<&AppState>,
+        state: Data<&Arc<State>>,
         request: &Request,
     ) -> ApiResult<MetricsResponse, MetricsErrors> {
-        if let Some(expected) = &state.policy.metrics_token {
+        if let Some(expected) = &state.settings.metrics_token {
             let presented = request
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -112,10 +106,6 @@ impl OperationsApi {
                 return Err(AppError::InvalidToken("the metrics token is wrong".into()).into());
             }
         }
-        Ok(MetricsResponse::Ok(PlainText(state.metrics.render(
-            &state.db,
-            &state.reads,
-            state.cache_counts(),
-        ))))
+        Ok(MetricsResponse::Ok(PlainText(state.render_metrics())))
     }
 }

@@ -1,29 +1,25 @@
-//! `JsonBody`: a JSON request payload whose schema is documented from a poem-openapi type but
-//! whose validation is ours, so every rejected field comes back in one problem with a pointer.
+//! JSON bodies. [`JsonBody`]: a request payload documented with a poem-openapi schema but read
+//! by the domain's parsers, so every rejected member comes back in one problem with its JSON
+//! Pointer. [`JsonBytes`]: a response payload documented with a schema and sent as JSON text
+//! made earlier (a cached user or page, an idempotent retry's recorded response).
+
+use std::marker::PhantomData;
 
 use bytes::Bytes;
-use poem::{
-    Request, RequestBody,
-    error::ReadBodyError,
-    http::{HeaderValue, header},
-};
+use poem::{Request, RequestBody, error::ReadBodyError, http::header};
 use poem_openapi::{
     impl_apirequest_for_payload,
     payload::{ParsePayload, Payload},
     registry::{MetaSchemaRef, Registry},
-    types::Type,
+    types::{ToJSON, Type},
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::encode::EncodeJson;
+use super::State;
+use crate::{domain::FieldError, error::AppError};
 
-use crate::{
-    error::{AppError, FieldError},
-    startup::AppState,
-};
-
-/// A documented request schema and the domain value a valid body becomes.
+/// A documented request schema, and the domain value a valid body becomes.
 pub trait BodySchema: Type + Send {
     type Parsed: Send;
     fn parse(body: &Value) -> Result<Self::Parsed, Vec<FieldError>>;
@@ -39,23 +35,12 @@ pub struct JsonBody<S: BodySchema> {
 impl<S: BodySchema> JsonBody<S> {
     /// Hex SHA-256 of the body as canonical JSON (object keys sorted, no insignificant
     /// whitespace): equal for bodies that mean the same, whatever their formatting.
-    ///
-    /// Computed on demand: only an idempotent create records it. Computed for every body,
-    /// with a `format!` per hex digit, it cost every create, update and replace (callgrind,
-    /// creates from 8 clients: 222k → 205k instructions a create without it).
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.json)
+        let mut canonical = Vec::with_capacity(256);
+        write_canonical(&mut canonical, &self.json);
+        format!("{:x}", Sha256::digest(&canonical))
     }
 }
-
-fn fingerprint(json: &Value) -> String {
-    let mut canonical = Vec::with_capacity(256);
-    write_canonical(&mut canonical, json);
-    crate::domain::hex(&Sha256::digest(&canonical))
-}
-
-/// Used where no state is attached (unit tests of the router); the server always attaches it.
-const FALLBACK_LIMIT: usize = 64 * 1024;
 
 impl<S: BodySchema> Payload for JsonBody<S> {
     const CONTENT_TYPE: &'static str = "application/json";
@@ -82,8 +67,10 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let limit = request
-            .data::<AppState>()
-            .map_or(FALLBACK_LIMIT, |state| state.max_body_bytes);
+            .data::<std::sync::Arc<State>>()
+            .expect("the state is attached to every request")
+            .settings
+            .max_body_bytes;
         let too_large = AppError::PayloadTooLarge { limit };
         // A declared length over the limit is refused before a byte is read.
         let declared = request
@@ -108,14 +95,11 @@ impl<S: BodySchema> ParsePayload for JsonBody<S> {
             )
             .into());
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|err| {
+        let json: Value = serde_json::from_slice(&bytes).map_err(|err| {
             AppError::BadRequest(format!("the request body is not valid JSON: {err}"))
         })?;
-        let parsed = S::parse(&value).map_err(AppError::Validation)?;
-        Ok(Self {
-            value: parsed,
-            json: value,
-        })
+        let value = S::parse(&json).map_err(AppError::Validation)?;
+        Ok(Self { value, json })
     }
 }
 
@@ -159,50 +143,34 @@ fn compact(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
     serde_json::to_writer(out, value).expect("JSON scalars and strings always serialise");
 }
 
-/// A JSON response body as text, documented with the schema of `T`: encoded straight from `T`
-/// (see `encode`), or recorded earlier and replayed byte for byte (an idempotent retry, a
-/// cached user or page). Held as `Bytes`, so a kept body is sent without a copy.
-///
-/// poem-openapi's `Json` builds a `serde_json::Value` tree first (an ordered, hashed map per
-/// object) and then encodes that; for a page of users the tree cost more than the query
-/// (measured: a third of the CPU of a 50-user page). Types sent this way write exactly what
-/// their `ToJSON` writes, which their tests check.
-pub struct JsonText<T> {
+/// A JSON response body documented with the schema of `T`, sent as JSON text made earlier.
+/// Held as `Bytes`, so a kept body is sent without a copy.
+pub struct JsonBytes<T> {
     body: Bytes,
-    _schema: std::marker::PhantomData<T>,
+    _schema: PhantomData<T>,
 }
 
-impl<T: EncodeJson> JsonText<T> {
-    pub fn new(value: &T) -> Self {
-        // Room for a user, so its buffer never regrows (a page has `PageBody`).
-        let mut body = Vec::with_capacity(512);
-        value.encode(&mut body);
-        Self::replay(String::from_utf8(body).expect("encoded from valid UTF-8 pieces"))
+impl<T: ToJSON> JsonBytes<T> {
+    /// `value` as JSON text, exactly as poem-openapi's `Json` would send it.
+    pub fn text(value: &T) -> String {
+        value.to_json_string()
     }
 }
 
-impl<T> JsonText<T> {
-    /// A body encoded earlier: JSON text, so UTF-8.
-    pub fn replay(body: impl Into<Bytes>) -> Self {
+impl<T> JsonBytes<T> {
+    /// A body made earlier: JSON text.
+    pub fn new(body: impl Into<Bytes>) -> Self {
         Self {
             body: body.into(),
-            _schema: std::marker::PhantomData,
+            _schema: PhantomData,
         }
-    }
-
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.body).expect("JSON text is UTF-8")
-    }
-
-    pub fn into_bytes(self) -> Bytes {
-        self.body
     }
 }
 
 /// The media type of every JSON body the API sends.
 const JSON_TEXT: &str = "application/json; charset=utf-8";
 
-impl<T: Type + Send> Payload for JsonText<T> {
+impl<T: Type + Send> Payload for JsonBytes<T> {
     const CONTENT_TYPE: &'static str = JSON_TEXT;
 
     fn schema_ref() -> MetaSchemaRef {
@@ -214,20 +182,17 @@ impl<T: Type + Send> Payload for JsonText<T> {
     }
 }
 
-impl<T: Send> poem::IntoResponse for JsonText<T> {
+impl<T: Send> poem::IntoResponse for JsonBytes<T> {
     fn into_response(self) -> poem::Response {
-        // A value made at compile time: `content_type` copies and checks the text each call
-        // (callgrind: ~640 instructions a response).
-        const JSON: HeaderValue = HeaderValue::from_static(JSON_TEXT);
         poem::Response::builder()
-            .header(header::CONTENT_TYPE, JSON)
+            .content_type(JSON_TEXT)
             .body(self.body)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{fingerprint, write_canonical};
+    use super::write_canonical;
 
     fn parse(text: &str) -> serde_json::Value {
         serde_json::from_str(text).unwrap()
@@ -258,16 +223,19 @@ mod tests {
     /// Python's hashlib gives it for that text).
     #[test]
     fn fingerprints_are_pinned() {
+        use sha2::{Digest, Sha256};
         let body = parse(
             r#"{ "role": null, "name": "Q \"x\"\n\u001f", "n": [1.5, -2, true, {}, []],
                 "email": "A@example.com" }"#,
         );
+        let text = canonical_json(&body);
         assert_eq!(
-            canonical_json(&body),
+            text,
             r#"{"email":"A@example.com","n":[1.5,-2,true,{},[]],"name":"Q \"x\"\n\u001f","role":null}"#
         );
-        assert_eq!(fingerprint(&body), PINNED);
+        assert_eq!(
+            format!("{:x}", Sha256::digest(text.as_bytes())),
+            "f68a3e33ed66ca9b9fcd20477a623cd604795b63a10c0e7c99f1fbc0ad0dbf37"
+        );
     }
-
-    const PINNED: &str = "f68a3e33ed66ca9b9fcd20477a623cd604795b63a10c0e7c99f1fbc0ad0dbf37";
 }

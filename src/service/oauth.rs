@@ -15,9 +15,8 @@ use jsonwebtoken::{
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use super::{Principal, Subject};
 use crate::{
-    domain::{Scope, ScopeSet},
+    domain::{Principal, Scope, ScopeSet, Subject},
     error::AppError,
 };
 

@@ -1,4 +1,5 @@
-//! RFC 9457 problem details: the one shape of every 4xx/5xx body, and its place in the spec.
+//! RFC 9457 problem details: the one shape of every 4xx/5xx body, how each [`AppError`] and
+//! each of the framework's own errors reads in it, and its place in the spec.
 
 use std::marker::PhantomData;
 
@@ -14,10 +15,14 @@ use poem_openapi::{
     types::{Example, ToJSON, Type},
 };
 
-use crate::error::{AppError, FieldError};
+use crate::{domain::FieldError, error::AppError};
 
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// What a 500 says: nothing of the cause, which is logged with the request id.
+pub const INTERNAL_DETAIL: &str =
+    "the server failed to handle this request; quote the request id when reporting it";
 
 /// An RFC 9457 problem detail. `type` identifies the kind of problem, `title` summarises it,
 /// `detail` explains this occurrence; `request_id` matches the `X-Request-Id` response header
@@ -85,6 +90,53 @@ impl From<&FieldError> for ProblemFieldError {
     }
 }
 
+/// The status each error is answered with.
+impl ResponseError for AppError {
+    fn status(&self) -> StatusCode {
+        match self {
+            AppError::NotFound { .. } | AppError::KeyRevoked { .. } => StatusCode::NOT_FOUND,
+            AppError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            AppError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
+            AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::MissingCredentials | AppError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AppError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The RFC 6750 `WWW-Authenticate` challenge that goes with an error, if any.
+fn challenge(err: &AppError) -> Option<String> {
+    match err {
+        AppError::MissingCredentials => Some("Bearer".into()),
+        AppError::InvalidToken(description) => Some(format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            quoted_string_safe(description)
+        )),
+        AppError::Forbidden { needed } => Some(format!(
+            "Bearer error=\"insufficient_scope\", scope=\"{needed}\""
+        )),
+        _ => None,
+    }
+}
+
+/// RFC 6750 limits `error_description` to printable ASCII without `"` and `\`.
+fn quoted_string_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
 impl Problem {
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
@@ -100,14 +152,13 @@ impl Problem {
     }
 
     pub fn from_app_error(err: &AppError) -> Self {
-        let status = err.status();
         let detail = match err {
             // The cause stays in the log; the client learns only that it was not its fault.
             AppError::Database(_) => INTERNAL_DETAIL.to_owned(),
             other => other.to_string(),
         };
-        let mut problem = Self::new(status, err.kind(), detail);
-        problem.challenge = err.challenge();
+        let mut problem = Self::new(err.status(), err.kind(), detail);
+        problem.challenge = challenge(err);
         problem.retry_after = match err {
             AppError::RateLimited { retry_after } => Some(*retry_after),
             AppError::Unavailable(_) => Some(1),
@@ -156,7 +207,7 @@ impl Problem {
 
     pub fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let body = self.to_json().map(|v| v.to_string()).unwrap_or_default();
+        let body = self.to_json_string();
         let mut response = Response::builder()
             .status(status)
             .content_type(PROBLEM_JSON)
@@ -178,9 +229,6 @@ impl Problem {
         response
     }
 }
-
-pub const INTERNAL_DETAIL: &str =
-    "the server failed to handle this request; quote the request id when reporting it";
 
 /// A set of error statuses an operation can answer with, documented with the problem schema.
 pub trait ErrorStatuses: Send + Sync + 'static {
@@ -322,6 +370,7 @@ mod tests {
     use sea_orm::DbErr;
 
     use super::*;
+    use crate::domain::Scope;
 
     #[test]
     fn database_failures_reveal_nothing_of_the_cause() {
@@ -329,7 +378,7 @@ mod tests {
         let problem = Problem::from_app_error(&err);
         assert_eq!(problem.status, 500);
         assert_eq!(problem.detail, INTERNAL_DETAIL);
-        assert!(!problem.to_json().unwrap().to_string().contains("xyz"));
+        assert!(!problem.to_json_string().contains("xyz"));
     }
 
     #[test]
@@ -344,7 +393,7 @@ mod tests {
             "Bearer error=\"invalid_token\", error_description=\"bad 'quote' ?\""
         );
         let forbidden = AppError::Forbidden {
-            needed: crate::domain::Scope::Admin,
+            needed: Scope::Admin,
         };
         let response = Problem::from_app_error(&forbidden).into_response();
         assert_eq!(

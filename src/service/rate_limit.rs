@@ -13,9 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use sea_orm::DatabaseConnection;
-
-use crate::{auth::Subject, store};
+use crate::{domain::Subject, store::Store};
 
 /// Who a request counts against.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +63,7 @@ pub struct Limits {
 }
 
 pub struct RateLimiter {
-    db: DatabaseConnection,
+    store: Store,
     limits: Limits,
     counters: Mutex<HashMap<String, Counter>>,
 }
@@ -77,9 +75,9 @@ fn unix_now() -> i64 {
 }
 
 impl RateLimiter {
-    pub fn new(db: DatabaseConnection, limits: Limits) -> Self {
+    pub fn new(store: Store, limits: Limits) -> Self {
         RateLimiter {
-            db,
+            store,
             limits,
             counters: Mutex::default(),
         }
@@ -110,9 +108,9 @@ impl RateLimiter {
             .is_some_and(|c| c.window_start == window_start);
         if !known {
             // First hit of this window here: start from what other instances have counted.
-            // Boxed: held inline, this rare read's future would size, and be copied with,
-            // every request's.
-            let shared = Box::pin(store::rate_limits::total(&self.db, &key, window_start))
+            let shared = self
+                .store
+                .rate_limit_hits(&key, window_start)
                 .await
                 .unwrap_or_else(|err| {
                     tracing::warn!(error = %err, "could not read a shared rate-limit counter");
@@ -169,9 +167,11 @@ impl RateLimiter {
             .collect();
         for (key, counter) in batch {
             let shared = if counter.pending > 0 {
-                store::rate_limits::add(&self.db, &key, counter.window_start, counter.pending).await
+                self.store
+                    .add_rate_limit_hits(&key, counter.window_start, counter.pending)
+                    .await
             } else {
-                store::rate_limits::total(&self.db, &key, counter.window_start).await
+                self.store.rate_limit_hits(&key, counter.window_start).await
             };
             match shared {
                 Ok(shared) => {
@@ -191,22 +191,9 @@ impl RateLimiter {
             .lock()
             .expect("rate-limit lock")
             .retain(|_, c| c.window_start >= window_start || c.pending > 0);
-        if let Err(err) =
-            store::rate_limits::purge_before(&self.db, window_start - self.window_secs()).await
-        {
+        let before = window_start - self.window_secs();
+        if let Err(err) = self.store.purge_rate_limit_windows(before).await {
             tracing::warn!(error = %err, "could not purge old rate-limit windows");
         }
-    }
-
-    /// Syncs every interval until the process ends.
-    pub fn spawn_syncer(self: &std::sync::Arc<Self>) {
-        let limiter = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(limiter.limits.sync);
-            loop {
-                ticker.tick().await;
-                limiter.sync().await;
-            }
-        });
     }
 }

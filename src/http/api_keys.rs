@@ -1,10 +1,11 @@
 //! API-key management over HTTP, for principals with the `admin` scope.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
-use entity::api_keys::Model;
 use poem::web::Data;
 use poem_openapi::{
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
     param::{Path, Query},
     payload::Json,
     types::Example,
@@ -12,18 +13,43 @@ use poem_openapi::{
 use serde_json::Value;
 
 use super::{
-    ApiTags,
-    cursor_param::CursorText,
+    API_PREFIX, ApiTags, State,
+    params::CursorText,
     payload::{BodySchema, JsonBody},
     problem::{ApiResult, CreateErrors, ListErrors, OneErrors, RevokeErrors},
+    security::Auth,
 };
 use crate::{
-    auth::{Auth, Subject, audit},
-    domain::{ListQuery, NewApiKey, Scope, ScopeSet},
-    error::{AppError, FieldError},
-    startup::AppState,
+    domain::{FieldError, NewApiKey, Scope, ScopeSet},
+    service::ApiKeyView,
     store,
 };
+
+// The domain's `Scope`, as the spec names it.
+/// A permission an API key or access token can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename = "Scope")]
+pub enum ScopeName {
+    /// Read users (GET).
+    #[oai(rename = "users:read")]
+    UsersRead,
+    /// Create, replace, update and delete users.
+    #[oai(rename = "users:write")]
+    UsersWrite,
+    /// Everything: all user operations and API-key management.
+    #[oai(rename = "admin")]
+    Admin,
+}
+
+impl From<Scope> for ScopeName {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::UsersRead => ScopeName::UsersRead,
+            Scope::UsersWrite => ScopeName::UsersWrite,
+            Scope::Admin => ScopeName::Admin,
+        }
+    }
+}
 
 /// An API key's metadata. The secret is never shown again after creation, and its hash never.
 #[derive(Debug, Clone, Object)]
@@ -37,7 +63,7 @@ pub struct ApiKey {
     #[oai(read_only)]
     pub prefix: String,
     /// What the key may do.
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<ScopeName>,
     #[oai(read_only)]
     pub created_at: DateTime<Utc>,
     /// After this instant the key is refused; `null` for a key that does not expire.
@@ -63,7 +89,7 @@ impl Example for ApiKey {
             id: 2,
             name: "ci-reader".into(),
             prefix: "uak_3f9a1c07".into(),
-            scopes: vec![Scope::UsersRead],
+            scopes: vec![ScopeName::UsersRead],
             created_at: at,
             expires_at: None,
             last_used_at: Some(at),
@@ -73,18 +99,21 @@ impl Example for ApiKey {
     }
 }
 
-impl ApiKey {
-    fn from_model(model: Model, state: &AppState) -> Self {
+impl From<ApiKeyView> for ApiKey {
+    fn from(key: ApiKeyView) -> Self {
         ApiKey {
-            last_used_at: state.key_usage.latest(model.id, model.last_used_at),
-            scopes: ScopeSet::from_stored(&model.scopes).iter().collect(),
-            id: model.id,
-            name: model.name,
-            prefix: model.prefix,
-            created_at: model.created_at,
-            expires_at: model.expires_at,
-            revoked_at: model.revoked_at,
-            created_by: model.created_by,
+            scopes: ScopeSet::from_stored(&key.scopes)
+                .iter()
+                .map(ScopeName::from)
+                .collect(),
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            created_at: key.created_at,
+            expires_at: key.expires_at,
+            last_used_at: key.last_used_at,
+            revoked_at: key.revoked_at,
+            created_by: key.created_by,
         }
     }
 }
@@ -112,7 +141,7 @@ pub struct ApiKeyInput {
     pub name: String,
     /// At least one scope.
     #[oai(validator(min_items = 1))]
-    pub scopes: Vec<Scope>,
+    pub scopes: Vec<ScopeName>,
     /// When the key stops working (RFC 3339, in the future); omit for a key that does not expire.
     #[oai(nullable)]
     pub expires_at: Option<DateTime<Utc>>,
@@ -122,7 +151,7 @@ impl Example for ApiKeyInput {
     fn example() -> Self {
         ApiKeyInput {
             name: "ci-reader".into(),
-            scopes: vec![Scope::UsersRead],
+            scopes: vec![ScopeName::UsersRead],
             expires_at: None,
         }
     }
@@ -189,7 +218,7 @@ impl ApiKeysApi {
     async fn list_api_keys(
         &self,
         auth: Auth,
-        state: Data<&AppState>,
+        state: Data<&Arc<State>>,
         /// How many keys to return, 1 to 200.
         #[oai(
             default = "super::default_page_limit",
@@ -199,15 +228,13 @@ impl ApiKeysApi {
         /// The `next_cursor` of the previous page; omit for the first page.
         cursor: Query<Option<CursorText>>,
     ) -> ApiResult<ListApiKeysResponse, ListErrors> {
-        auth.0.require(Scope::Admin)?;
-        let after = super::parse_cursor(cursor.0.as_ref(), &ListQuery::default())?;
-        let page = store::api_keys::list(&state.db, after.as_ref(), limit.0).await?;
+        let cursor = cursor.0.map(|cursor| cursor.0);
+        let page = state
+            .service
+            .list_api_keys(&auth.0, cursor.as_deref(), limit.0)
+            .await?;
         Ok(ListApiKeysResponse::Ok(Json(ApiKeyPage {
-            items: page
-                .items
-                .into_iter()
-                .map(|key| ApiKey::from_model(key, &state))
-                .collect(),
+            items: page.items.into_iter().map(ApiKey::from).collect(),
             next_cursor: page.next.map(|cursor| cursor.encode()),
         })))
     }
@@ -220,26 +247,13 @@ impl ApiKeysApi {
     async fn create_api_key(
         &self,
         auth: Auth,
-        state: Data<&AppState>,
+        state: Data<&Arc<State>>,
         body: JsonBody<ApiKeyInput>,
     ) -> ApiResult<CreateApiKeyResponse, CreateErrors> {
-        let principal = auth.0;
-        principal.require(Scope::Admin)?;
-        let new_key = body.value;
-        if !principal.scopes.covers(&new_key.scopes) {
-            return Err(AppError::Validation(vec![FieldError::new(
-                "/scopes",
-                "cannot grant scopes the caller does not hold",
-            )])
-            .into());
-        }
-        let actor = principal.subject.audit_name();
-        let (model, secret) =
-            store::api_keys::create(&state.db, &new_key, Some(actor.clone())).await?;
-        audit::key_created(&model, &actor);
-        let location = format!("/api/v1/api-keys/{}", model.id);
+        let (key, secret) = state.service.create_api_key(&auth.0, body.value).await?;
+        let location = format!("{API_PREFIX}/api-keys/{}", key.id);
         let created = ApiKeyCreated {
-            metadata: ApiKey::from_model(model, &state),
+            metadata: key.into(),
             key: secret.plaintext().to_owned(),
         };
         Ok(CreateApiKeyResponse::Created(Json(created), location))
@@ -252,16 +266,12 @@ impl ApiKeysApi {
     async fn get_api_key(
         &self,
         auth: Auth,
-        state: Data<&AppState>,
+        state: Data<&Arc<State>>,
         /// The key's id.
         id: Path<i64>,
     ) -> ApiResult<ApiKeyResponse, OneErrors> {
-        auth.0.require(Scope::Admin)?;
-        let key = store::api_keys::get(&state.db, id.0).await?;
-        if key.revoked_at.is_some() {
-            return Err(AppError::KeyRevoked { id: id.0 }.into());
-        }
-        Ok(ApiKeyResponse::Ok(Json(ApiKey::from_model(key, &state))))
+        let key = state.service.get_api_key(&auth.0, id.0).await?;
+        Ok(ApiKeyResponse::Ok(Json(key.into())))
     }
 
     /// Revoke an API key
@@ -277,22 +287,26 @@ impl ApiKeysApi {
     async fn revoke_api_key(
         &self,
         auth: Auth,
-        state: Data<&AppState>,
+        state: Data<&Arc<State>>,
         /// The key's id.
         id: Path<i64>,
     ) -> ApiResult<RevokeApiKeyResponse, RevokeErrors> {
-        auth.0.require(Scope::Admin)?;
-        if auth.0.subject == Subject::ApiKey(id.0) {
-            // Revoking the key in hand would lock its holder out mid-session; that is done with
-            // another admin key, deliberately.
-            return Err(AppError::Conflict(
-                "a key cannot revoke itself; revoke it with another admin key".into(),
-            )
-            .into());
-        }
-        let key = store::api_keys::revoke(&state.db, id.0).await?;
-        state.key_cache.forget(key.id);
-        audit::key_revoked(&key, &auth.0.subject.audit_name());
+        state.service.revoke_api_key(&auth.0, id.0).await?;
         Ok(RevokeApiKeyResponse::Revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem_openapi::types::ToJSON;
+
+    use super::*;
+
+    #[test]
+    fn scope_names_in_the_spec_are_the_stored_names() {
+        for scope in Scope::ALL {
+            let named = ScopeName::from(scope);
+            assert_eq!(named.to_json(), Some(serde_json::json!(scope.as_str())));
+        }
     }
 }

@@ -1,0 +1,155 @@
+//! The security schemes of the spec, and the extractor that turns a request's bearer
+//! credentials into the principal its handler acts for.
+
+use std::sync::Arc;
+
+use poem::{Request, RequestBody, http::header};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions,
+    registry::{MetaOAuthFlow, MetaOAuthFlows, MetaOAuthScope, MetaSecurityScheme, Registry},
+};
+use serde_json::{Value, json};
+
+use super::{State, edge::RequestContext};
+use crate::{
+    domain::{Principal, Scope},
+    error::AppError,
+};
+
+/// Bearer credentials: an API key or an OAuth 2.0 access token. The spec offers both schemes
+/// on every protected operation, so Swagger UI's Authorize dialog shows both.
+pub struct Auth(pub Principal);
+
+const API_KEY_SCHEME: &str = "ApiKey";
+const OAUTH_SCHEME: &str = "OAuth2";
+
+/// The identity provider's endpoints, shown in the served spec's OAuth2 flows.
+#[derive(Debug, Clone)]
+pub struct OAuthFlowUrls {
+    pub authorization_url: String,
+    pub token_url: String,
+}
+
+const PLACEHOLDER_AUTHORIZATION_URL: &str = "https://identity-provider.invalid/authorize";
+const PLACEHOLDER_TOKEN_URL: &str = "https://identity-provider.invalid/token";
+
+fn oauth_flow(authorization_url: Option<&'static str>) -> MetaOAuthFlow {
+    MetaOAuthFlow {
+        authorization_url,
+        token_url: Some(PLACEHOLDER_TOKEN_URL),
+        refresh_url: None,
+        scopes: [
+            (Scope::UsersRead, "Read users"),
+            (
+                Scope::UsersWrite,
+                "Create, replace, update and delete users",
+            ),
+            (Scope::Admin, "Everything, including API-key management"),
+        ]
+        .into_iter()
+        .map(|(scope, description)| MetaOAuthScope {
+            name: scope.as_str(),
+            description: Some(description),
+        })
+        .collect(),
+    }
+}
+
+/// Puts the configured identity provider's endpoints into a spec document's OAuth2 flows.
+pub fn show_oauth_flows(spec: &mut Value, urls: &OAuthFlowUrls) {
+    let flows = &mut spec["components"]["securitySchemes"][OAUTH_SCHEME]["flows"];
+    flows["authorizationCode"]["authorizationUrl"] = json!(urls.authorization_url);
+    for flow in ["authorizationCode", "clientCredentials"] {
+        flows[flow]["tokenUrl"] = json!(urls.token_url);
+    }
+}
+
+impl<'a> ApiExtractor<'a> for Auth {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        registry.create_security_scheme(
+            API_KEY_SCHEME,
+            MetaSecurityScheme {
+                ty: "http",
+                description: Some(
+                    "An API key sent as `Authorization: Bearer uak_…`. Keys carry scopes: \
+                     `users:read` for reads, `users:write` for writes, `admin` for everything \
+                     including key management. The server prints an admin key on first start; \
+                     create more with `users-api keys create` or `POST /api/v1/api-keys`.",
+                ),
+                name: None,
+                key_in: None,
+                scheme: Some("bearer"),
+                bearer_format: Some("uak_<40 hex digits>"),
+                flows: None,
+                openid_connect_url: None,
+            },
+        );
+        registry.create_security_scheme(
+            OAUTH_SCHEME,
+            MetaSecurityScheme {
+                ty: "oauth2",
+                description: Some(
+                    "An OAuth 2.0 access token (a JWT) from the identity provider this deployment \
+                     trusts, sent as `Authorization: Bearer <jwt>`. Scopes come from the `scope` \
+                     or `scp` claim. A running server shows its provider's URLs here; the \
+                     committed spec has placeholders.",
+                ),
+                name: None,
+                key_in: None,
+                scheme: None,
+                bearer_format: None,
+                flows: Some(MetaOAuthFlows {
+                    implicit: None,
+                    password: None,
+                    client_credentials: Some(oauth_flow(None)),
+                    authorization_code: Some(oauth_flow(Some(PLACEHOLDER_AUTHORIZATION_URL))),
+                }),
+                openid_connect_url: None,
+            },
+        );
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec![API_KEY_SCHEME, OAUTH_SCHEME]
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let token = bearer_token(request)?;
+        let state = request
+            .data::<Arc<State>>()
+            .expect("the state is attached to every request");
+        let context = request.extensions().get::<RequestContext>();
+        let client = context.and_then(|context| context.client_ip);
+        let (principal, decision) = state.service.admit(token, client).await;
+        if let (Some(context), Some(decision)) = (context, decision) {
+            context.rate_limit.set(decision);
+        }
+        Ok(Auth(principal?))
+    }
+}
+
+/// The token of an `Authorization: Bearer` header (the scheme name is case-insensitive).
+fn bearer_token(request: &Request) -> Result<&str, AppError> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or(AppError::MissingCredentials)?
+        .to_str()
+        .map_err(|_| AppError::MissingCredentials)?;
+    match value.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(AppError::MissingCredentials),
+    }
+}

@@ -1,0 +1,180 @@
+//! What only SQLite needs. The pool's connections run in WAL mode, so readers never wait for
+//! the writer; a serving process adds three things of its own:
+//!
+//! - [`writer`]: user writes committed in batches by one task over one connection (group
+//!   commit), because SQLite takes one writer at a time and most of a write's cost is its
+//!   commit;
+//! - [`wal`]: checkpoints in the background, and the WAL started over once past its limit, so
+//!   that no request waits for a checkpoint and the WAL does not grow without end;
+//! - [`changes`]: a token that changes with every commit to the file, by any process, which the
+//!   read caches are kept by.
+//!
+//! Each earns its keep in `docs/performance.md`; each can be turned off by configuration.
+
+mod changes;
+mod wal;
+pub(super) mod writer;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
+use tokio::task::JoinHandle;
+
+pub use self::changes::DataVersion;
+use self::{changes::Changes, wal::WalLimit, writer::Writer};
+use super::{DbSettings, SqliteSettings};
+use crate::error::AppError;
+
+/// How long a statement waits for a lock another connection holds: writers queue, not fail.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Every connection's settings. WAL lets readers proceed beside the single writer;
+/// `synchronous=NORMAL` keeps every acknowledged commit through a crash of the process, because
+/// the WAL is written before a commit returns (FULL adds an fsync per commit, for power loss);
+/// the busy timeout queues writers instead of failing them; foreign keys are enforced as on
+/// other engines. When the server keeps the WAL within a limit, SQLite's own checkpoints (run
+/// inside whichever commit crosses 1,000 pages) are off.
+pub(super) fn configure(options: &mut ConnectOptions, settings: &SqliteSettings) {
+    let synchronous = if settings.sync_full {
+        SqliteSynchronous::Full
+    } else {
+        SqliteSynchronous::Normal
+    };
+    let wal_limit = settings.wal_limit_bytes;
+    options.map_sqlx_sqlite_opts(move |sqlite| {
+        let sqlite = sqlite
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        if wal_limit == 0 {
+            return sqlite;
+        }
+        sqlite
+            .pragma("wal_autocheckpoint", "0")
+            // A WAL started over is cut back to this size at its next commit.
+            .pragma("journal_size_limit", wal_limit.to_string())
+    });
+}
+
+/// A connection of its own, open for as long as the server runs: one pool connection that is
+/// never closed or recycled.
+async fn dedicated_connection(
+    settings: &DbSettings,
+    extra: impl Fn(
+        sea_orm::sqlx::sqlite::SqliteConnectOptions,
+    ) -> sea_orm::sqlx::sqlite::SqliteConnectOptions
+    + Send
+    + Sync
+    + 'static,
+) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(&settings.url);
+    options
+        .sqlx_logging(false)
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(settings.acquire_timeout);
+    configure(&mut options, &settings.sqlite);
+    options.map_sqlx_sqlite_opts(extra);
+    Database::connect(options).await
+}
+
+/// A serving process's SQLite machinery (see the module's documentation).
+pub(crate) struct Serving {
+    writer: Option<Writer>,
+    changes: Option<Changes>,
+    /// Open while the server runs: it keeps the WAL and its index (the `-shm` file) in place,
+    /// which SQLite deletes when the last connection closes, and runs the checkpoints.
+    keeper: DatabaseConnection,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Serving {
+    pub async fn start(pool: &DatabaseConnection, settings: &DbSettings) -> Result<Self, AppError> {
+        let file = database_file(pool).await?;
+        let keeper = dedicated_connection(settings, |sqlite| sqlite).await?;
+        keeper
+            .execute_unprepared("SELECT count(*) FROM sqlite_schema")
+            .await?;
+        let mut tasks = Vec::new();
+        let limit = file
+            .as_deref()
+            .filter(|_| settings.sqlite.wal_limit_bytes > 0)
+            .map(|file| Arc::new(WalLimit::new(file, settings.sqlite.wal_limit_bytes)));
+        let writer = if settings.sqlite.group_commit {
+            let connection = dedicated_connection(settings, |sqlite| {
+                // A transaction's statement journals (to undo one failed statement alone) in
+                // memory rather than in temporary files created and deleted for every batch.
+                sqlite.pragma("temp_store", "memory")
+            })
+            .await?;
+            let (writer, task) = Writer::start(connection, limit.clone());
+            tasks.push(task);
+            Some(writer)
+        } else {
+            None
+        };
+        let changes = match &file {
+            Some(file) => Changes::open(file).map_err(|err| {
+                AppError::Database(DbErr::Custom(format!(
+                    "cannot read the WAL index of {}: {err}",
+                    file.display()
+                )))
+            })?,
+            None => None,
+        };
+        if let Some(limit) = limit {
+            let (connection, restarts) = (keeper.clone(), writer.is_none());
+            tasks.push(tokio::spawn(async move {
+                limit.run_checkpoints(connection, restarts).await;
+            }));
+        }
+        Ok(Serving {
+            writer,
+            changes,
+            keeper,
+            tasks,
+        })
+    }
+
+    /// Where user writes go, if they are batched.
+    pub fn writer(&self) -> Option<&Writer> {
+        self.writer.as_ref()
+    }
+
+    pub fn data_version(&self) -> Option<DataVersion> {
+        self.changes.as_ref()?.version()
+    }
+
+    /// Stops the background work and closes the connections of its own.
+    pub async fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
+        if let Err(err) = self.keeper.close_by_ref().await {
+            tracing::debug!(error = %err, "closing the SQLite keeper connection");
+        }
+    }
+}
+
+/// The file of a SQLite database; `None` for a database that lives only in memory.
+async fn database_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, DbErr> {
+    let main = Statement::from_string(
+        DbBackend::Sqlite,
+        "SELECT file FROM pragma_database_list WHERE name = 'main'",
+    );
+    let file: String = match db.query_one_raw(main).await? {
+        Some(row) => row.try_get("", "file")?,
+        None => return Ok(None),
+    };
+    Ok((!file.is_empty()).then(|| PathBuf::from(file)))
+}
