@@ -15,6 +15,7 @@ mod listing;
 mod oauth;
 mod observability;
 mod query_plan;
+mod readme;
 mod scale_out;
 mod sdk;
 mod spec;

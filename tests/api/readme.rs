@@ -1,0 +1,97 @@
+//! The README's examples, run as they are written against a live server: a stale example fails
+//! here. They are the shell blocks between `<!-- examples -->` and `<!-- /examples -->`, run in
+//! one shell in order (so a variable set in one is there in the next), with `curl` failing on
+//! any HTTP error.
+
+use std::process::Command;
+
+use crate::helpers::spawn_app;
+
+/// The shell blocks between the markers, in order.
+fn examples(readme: &str) -> Vec<String> {
+    let start = readme
+        .find("<!-- examples -->")
+        .expect("the examples marker");
+    let end = readme.find("<!-- /examples -->").expect("the end marker");
+    let mut blocks = Vec::new();
+    let mut block: Option<String> = None;
+    for line in readme[start..end].lines() {
+        match (&mut block, line.trim_end()) {
+            (None, "```sh") => block = Some(String::new()),
+            (Some(_), "```") => blocks.extend(block.take()),
+            (Some(text), line) => {
+                text.push_str(line);
+                text.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[tokio::test]
+async fn the_readme_examples_run_against_a_live_server() {
+    let app = spawn_app().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let blocks = examples(&readme);
+    assert!(blocks.len() >= 5, "{} example blocks", blocks.len());
+    let script = blocks
+        .join("\n")
+        .replace("export KEY=uak_...", &format!("export KEY={}", app.key))
+        .replace("http://127.0.0.1:5000", &app.base);
+    assert!(
+        !script.contains("uak_..."),
+        "every example uses the key from $KEY"
+    );
+    // A failed request fails the example, with what the server said.
+    let prelude =
+        "set -euo pipefail\ncurl() { command curl --fail-with-body --show-error \"$@\"; }\n";
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!("{prelude}{script}"))
+            .output()
+            .expect("bash runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "a README example failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    // What the examples did is what they say they do: Alice was found by the filters, changed
+    // and deleted, Bob and Carol remain, the new key was shown and then revoked.
+    assert!(
+        stdout.contains(r#""items":[{"id":1,"name":"Alice","role":"Lead""#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""role":"Manager""#), "{stdout}");
+    let listed: serde_json::Value = app.list_users("").await.json().await.unwrap();
+    let names: Vec<_> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|user| user["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["Bob", "Carol"]);
+    let secret_shown = stdout.match_indices("uak_").any(|(at, _)| {
+        let hex = &stdout[at + 4..];
+        hex.len() >= 40 && hex.bytes().take(40).all(|b| b.is_ascii_hexdigit())
+    });
+    assert!(secret_shown, "{stdout}");
+    let revoked = app
+        .request(reqwest::Method::GET, "/api/v1/api-keys/2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 404);
+}
+
+#[test]
+fn examples_are_found_in_order() {
+    let text = "x\n<!-- examples -->\n```sh\na\n```\ntext\n```json\nno\n```\n```sh\nb\nc\n```\n<!-- /examples -->\n```sh\nz\n```\n";
+    assert_eq!(examples(text), ["a\n", "b\nc\n"]);
+}
