@@ -135,7 +135,7 @@ impl<'a> FieldReader<'a> {
 }
 
 /// The rule of every free-text field (a name, a role, a key's label): at most `max` characters
-/// as sent (not bytes, so "José" is four), stored trimmed, not blank, no control characters.
+/// as sent (not bytes, so "José" is four), no control characters, not blank; stored trimmed.
 ///
 /// The limit counts the value as sent, surrounding whitespace included, because that is what
 /// a JSON Schema `maxLength` counts: a client validating against the spec never sends what
@@ -145,12 +145,14 @@ pub fn bounded_text(raw: &str, max: usize) -> Result<String, String> {
     if len > max {
         return Err(format!("must be at most {max} characters, got {len}"));
     }
+    // Anywhere in the value, as the spec's pattern says: a tab or a line break around a name
+    // is a mistake to report, not whitespace to trim away.
+    if raw.chars().any(char::is_control) {
+        return Err("must not contain control characters (tabs and line breaks included)".into());
+    }
     let text = raw.trim();
     if text.is_empty() {
         return Err("must not be blank".into());
-    }
-    if text.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
     }
     Ok(text.to_owned())
 }
@@ -169,5 +171,13 @@ mod tests {
         assert!(bounded_text("   ", 100).is_err());
         assert!(bounded_text("a\u{0}b", 100).is_err());
         assert!(bounded_text("a\u{85}b", 100).is_err());
+        assert!(
+            bounded_text("\ta", 100).is_err(),
+            "a tab is not trimmed away"
+        );
+        assert!(
+            bounded_text("a\u{85}", 100).is_err(),
+            "nor is NEL, a control character"
+        );
     }
 }
