@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""The load benchmark: `python3 benches/bench.py` (see README, "Performance").
+"""The load benchmark: `python3 benches/bench.py` (see docs/performance.md).
 
-Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP calls), starts the
-server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by default) over each
-scenario (the reads also with `--sqlite-locking exclusive`, without the read caches, and with
-one runtime thread; the deep-page pair without the page cache), prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
+Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP
+calls), starts the server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by
+default) over each scenario, then again with each kept optimisation turned off (on the same
+build and database) for the scenarios it exists for, and the deep-page pair without the page
+cache. Prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
 same run, with the share of the machine's CPU time lost to steal and spent in I/O wait during
-each scenario, writes it as JSON, and stops every process it started.
+each scenario, and what each optimisation gains; writes it all as JSON; stops every process it
+started.
 """
 
 import argparse
@@ -76,12 +78,14 @@ class Process:
             if address_from == "stdout":
                 self.addr = line.strip()
             else:
-                try:
+                # `… users_api::startup: listening addr=…`, or the same as a JSON line.
+                found = re.search(r"users_api::startup: listening addr=(\S+)", line)
+                if found:
+                    self.addr = found.group(1)
+                elif '"listening"' in line:
                     event = json.loads(line)
-                except ValueError:
-                    continue
-                if event.get("message") == "listening" and event.get("target") == "users_api::startup":
-                    self.addr = event["addr"]
+                    if event.get("target") == "users_api::startup":
+                        self.addr = event["addr"]
         if self.addr is None:
             raise RuntimeError(f"{cmd[0]} did not report an address")
         # Keep draining output so the pipes never fill and block the process; the log is kept
@@ -109,12 +113,37 @@ class Process:
 
 SERVER_LOG = None
 
+SCENARIOS = {
+    "get": "GET /users/{id}",
+    "list": "GET /users (50)",
+    "create": "POST /users",
+    "create_idempotent": "POST /users, Idempotency-Key",
+    "patch": "PATCH /users/{id}",
+    "mix": "90/10 get/patch",
+}
 
-def server(db_path, extra=(), wrapper=()):
-    """The service on a free port; `wrapper` runs it under another program (valgrind, say)."""
+# The kept optimisations, each off: (flags, label, the scenarios it exists for).
+WITHOUT = [
+    (["--user-cache-mib", "0", "--page-cache-mib", "0"], ", read caches off", ["get", "list"]),
+    (["--key-cache-ttl-secs", "0"], ", key cache off", ["get"]),
+    (["--sqlite-group-commit", "false"], ", group commit off", ["create", "create_idempotent", "patch"]),
+    (["--sqlite-wal-limit-mib", "0"], ", WAL limit off", ["create", "patch"]),
+    (["--log-writer", "thread"], ", log lines by a writer thread", ["get", "list"]),
+]
+
+# Other settings, for comparison: not optimisations, so no gain is computed.
+ALSO = [
+    (["--log-format", "json"], ", JSON log lines", ["get", "list"]),
+    (["--worker-threads", "1"], ", --worker-threads 1", ["get", "list"]),
+]
+
+
+def server(db_path, extra=(), wrapper=(), binary=None):
+    """The service on a free port; `wrapper` runs it under another program; `binary` is another
+    build to run instead of the one measured."""
     return Process(
-        [*wrapper, SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db_path}",
-         "--log-format", "json", "--rate-limit", "0", "--rate-limit-anonymous", "0",
+        [*wrapper, binary or SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", f"sqlite://{db_path}",
+         "--rate-limit", "0", "--rate-limit-anonymous", "0",
          "--request-timeout-secs", "60", *extra],
         "stderr",
         SERVER_LOG,
@@ -179,6 +208,10 @@ def main():
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--server", type=Path, default=SERVER,
                         help="the users-api binary to measure (an earlier build, to compare)")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="another build (one without an optimisation that has no flag, say) "
+                             "to run the main scenarios on too, in this run and on the same "
+                             "database; repeatable")
     parser.add_argument("--server-log", type=Path,
                         help="append the servers' log lines to this file (JSON; RUST_LOG chooses "
                              "what is logged) instead of discarding them, to look for slow requests")
@@ -201,46 +234,34 @@ def main():
             started.append(baseline)
             main_db = Path(tmp) / "bench.db"
             key = seed(main_db, args.users)
-            api = server(main_db)
-            started.append(api)
+
+            def scenarios(api, label, modes):
+                for mode in modes:
+                    name = SCENARIOS[mode] + label
+                    path = "/api/v1/users?limit=50" if mode == "list" else "/"
+                    results[name] = wrk(api.addr, mode, args, key, path=path, users=args.users)
 
             results["baseline (bare hyper)"] = wrk(baseline.addr, "baseline", args)
-            results["GET /users/{id}"] = wrk(api.addr, "get", args, key, users=args.users)
-            results["GET /users (50)"] = wrk(api.addr, "list", args, key, path="/api/v1/users?limit=50")
-            results["POST /users"] = wrk(api.addr, "create", args, key)
-            results["POST /users, Idempotency-Key"] = wrk(api.addr, "create_idempotent", args, key)
-            results["PATCH /users/{id}"] = wrk(api.addr, "patch", args, key, users=args.users)
-            results["90/10 get/patch"] = wrk(api.addr, "mix", args, key, users=args.users)
+            api = server(main_db)
+            started.append(api)
+            scenarios(api, "", ["get", "list", "create", "create_idempotent", "patch", "mix"])
             peak_rss = api.peak_rss_kib()
             api.stop()
 
-            def reads_again(extra, get_label, list_label):
-                """GET by id and the 50-user page again, on a server started with `extra`."""
+            # Each kept optimisation turned off, on the same build and database, for the
+            # scenarios it exists for (docs/performance.md); and one runtime thread.
+            for extra, label, modes in WITHOUT + ALSO:
                 other = server(main_db, extra=extra)
                 started.append(other)
-                results[get_label] = wrk(other.addr, "get", args, key, users=args.users)
-                results[list_label] = wrk(
-                    other.addr, "list", args, key, path="/api/v1/users?limit=50")
+                scenarios(other, label, modes)
                 other.stop()
 
-            # With the server holding the file alone.
-            reads_again(["--sqlite-locking", "exclusive"],
-                        "GET /users/{id}, --sqlite-locking exclusive",
-                        "GET /users (50), --sqlite-locking exclusive")
-            # As every request reads the database: the read caches off.
-            reads_again(["--user-cache-mib", "0", "--page-cache-mib", "0"],
-                        "GET /users/{id}, --user-cache-mib 0",
-                        "GET /users (50), --page-cache-mib 0")
-            # The runtime threads left to the kernel to move (by default each is pinned to a
-            # core of its own).
-            reads_again(["--pin-workers", "false"],
-                        "GET /users/{id}, --pin-workers false",
-                        "GET /users (50), --pin-workers false")
-            # One runtime thread, so that the server and wrk have a core each (the default is
-            # one per core, for a machine the server has to itself).
-            reads_again(["--worker-threads", "1"],
-                        "GET /users/{id}, --worker-threads 1",
-                        "GET /users (50), --worker-threads 1")
+            # Other builds, for optimisations that are chosen at build time.
+            for binary in args.compare:
+                other = server(main_db, binary=binary.resolve())
+                started.append(other)
+                scenarios(other, f", build {binary.name}", list(SCENARIOS))
+                other.stop()
 
             deep_db = Path(tmp) / "deep.db"
             deep_key = seed(deep_db, args.deep_users)
@@ -262,12 +283,12 @@ def main():
     ceiling = results["baseline (bare hyper)"]["rps"]
     print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.users} users, "
           f"{os.cpu_count()} cores shared by server and wrk\n")
-    print(f"{'scenario':44} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}"
+    print(f"{'scenario':52} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'vs baseline':>12}"
           f" {'steal':>6} {'iowait':>7}")
     for name, r in results.items():
         r["ratio_to_baseline"] = r["rps"] / ceiling
         errors = r["socket_errors"] + r["non_2xx"]
-        print(f"{name:44} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
+        print(f"{name:52} {r['rps']:9.0f} {r['p50_us'] / 1000:8.2f} {r['p99_us'] / 1000:8.2f} "
               f"{errors:7d} {r['ratio_to_baseline']:11.1%} {r['steal_pct']:5.1f}% {r['iowait_pct']:6.1f}%")
     first = results[first_page]["rps"]
     deep_rps = results[deep_page]["rps"]
@@ -276,10 +297,27 @@ def main():
     if stolen:
         print(f"\nthe machine lost 1% or more of its CPU time to steal during: {'; '.join(stolen)}: "
               f"those figures measure the host as much as the service")
+    print("\nwhat each kept optimisation gains (req/s with it / without it; p99 without it):")
+    gains = {}
+    for _, label, modes in WITHOUT:
+        for mode in modes:
+            on, off = results[SCENARIOS[mode]], results[SCENARIOS[mode] + label]
+            gain = on["rps"] / max(off["rps"], 1)
+            gains[SCENARIOS[mode] + label] = gain
+            print(f"  {SCENARIOS[mode] + label:52} {gain:6.2f}x  (p99 {on['p99_us'] / 1000:.2f} ms "
+                  f"with, {off['p99_us'] / 1000:.2f} ms without)")
+    for binary in args.compare:
+        print(f"\nthis build against {binary} (req/s of this one / of that one; p99 of each):")
+        for mode, name in SCENARIOS.items():
+            on, off = results[name], results[f"{name}, build {binary.name}"]
+            gain = on["rps"] / max(off["rps"], 1)
+            gains[f"{name}, build {binary.name}"] = gain
+            print(f"  {name:52} {gain:6.2f}x  (p99 {on['p99_us'] / 1000:.2f} ms "
+                  f"against {off['p99_us'] / 1000:.2f} ms)")
     print(f"\npeak RSS of the server under load: {peak_rss / 1024:.1f} MiB")
     print(f"page 1000 of {args.deep_users:,} users vs page 1: {first / deep_rps:.2f}x the cost")
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    summary = {"settings": vars(args), "peak_rss_kib": peak_rss, "results": results}
+    summary = {"settings": vars(args), "peak_rss_kib": peak_rss, "results": results, "gains": gains}
     # `default=str` writes the `--server` path as text.
     Path(args.output).write_text(json.dumps(summary, indent=2, default=str))
     print(f"written to {args.output}")

@@ -16,7 +16,7 @@ mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use poem::{Endpoint, EndpointExt, http::Method, middleware::Cors};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, http::Method, middleware::Cors};
 use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
 use serde_json::{Value, json};
 
@@ -222,16 +222,58 @@ pub fn app(state: Arc<State>) -> impl Endpoint {
     let openapi = openapi();
     let document = spec_document(state.settings.oauth_flows.as_ref());
     let allow = AllowTable::new(&document, &[&["/"], docs::PAGES.as_slice()].concat());
-    let routes = docs::routes(&openapi, &document).nest("/", openapi);
+    let routes = PagesOrApi {
+        pages: docs::routes(&openapi, &document),
+        api: openapi.into_endpoint(),
+    };
     let origins = &state.settings.cors_allow_origins;
     let cors = (!origins.is_empty()).then(|| cors(origins));
+    // With CORS, errors become problems beneath it so that it decorates them too; without,
+    // the edge renders them itself, a layer fewer on every request.
     routes
-        .around(render_errors)
-        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .with_if(cors.is_some(), CorsProblems(cors.unwrap_or_default()))
         .with(Edge {
             state,
             allow: Arc::new(allow),
         })
+}
+
+/// The docs pages and spec files, or else the API: chosen by a look at the path, rather than
+/// by a router in front of the API's own, which cost every API request a second route match,
+/// a nest layer and two boxed futures.
+struct PagesOrApi<A> {
+    pages: poem::Route,
+    api: A,
+}
+
+impl<A: Endpoint> Endpoint for PagesOrApi<A> {
+    type Output = poem::Response;
+
+    async fn call(&self, request: poem::Request) -> poem::Result<poem::Response> {
+        let path = request.uri().path();
+        if path.starts_with("/docs/") || docs::PAGES.contains(&path) {
+            self.pages.call(request).await
+        } else {
+            self.api
+                .call(request)
+                .await
+                .map(poem::IntoResponse::into_response)
+        }
+    }
+}
+
+/// CORS over problem-rendered errors.
+struct CorsProblems(Cors);
+
+impl<E: Endpoint + 'static> poem::Middleware<E> for CorsProblems {
+    type Output = poem::endpoint::BoxEndpoint<'static>;
+
+    fn transform(&self, endpoint: E) -> Self::Output {
+        self.0
+            .transform(endpoint.around(render_errors))
+            .map_to_response()
+            .boxed()
+    }
 }
 
 /// CORS for the configured origins only; what browsers may send and read is what the API uses.
@@ -265,4 +307,93 @@ fn cors(origins: &[String]) -> Cors {
             "x-request-id",
         ])
         .max_age(600)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::spec_document;
+    use crate::domain::{Email, NewApiKey, Role, UserName};
+
+    /// A spec constraint on a string: what a client validating against the spec checks.
+    fn accepts(schema: &Value, text: &str) -> bool {
+        let len = text.chars().count() as u64;
+        let min = schema["minLength"].as_u64().unwrap_or(0);
+        let max = schema["maxLength"].as_u64().unwrap_or(u64::MAX);
+        let pattern = schema["pattern"]
+            .as_str()
+            .is_none_or(|pattern| regex::Regex::new(pattern).unwrap().is_match(text));
+        (min..=max).contains(&len) && pattern
+    }
+
+    /// The spec's lengths and patterns are the domain's rules: every string the spec accepts,
+    /// the server accepts, and the other way round, for every free-text field of every request
+    /// schema; and the query parameters' limits are the fields' own.
+    #[test]
+    fn spec_constraints_are_the_domain_rules() {
+        let spec = spec_document(None);
+        let schemas = &spec["components"]["schemas"];
+        type Rule = fn(&str) -> bool;
+        let fields: [(&str, &str, usize, Rule); 5] = [
+            ("UserInput", "name", UserName::MAX_CHARS, |t| {
+                UserName::parse(t).is_ok()
+            }),
+            ("UserInput", "role", Role::MAX_CHARS, |t| {
+                Role::parse(t).is_ok()
+            }),
+            ("UserPatch", "name", UserName::MAX_CHARS, |t| {
+                UserName::parse(t).is_ok()
+            }),
+            ("UserPatch", "role", Role::MAX_CHARS, |t| {
+                Role::parse(t).is_ok()
+            }),
+            ("ApiKeyInput", "name", NewApiKey::MAX_NAME_CHARS, |t| {
+                NewApiKey::parse_name(t).is_ok()
+            }),
+        ];
+        for (schema, field, max, rule) in fields {
+            let property = &schemas[schema]["properties"][field];
+            assert_eq!(property["maxLength"], max, "{schema}.{field}");
+            let mut samples: Vec<String> = [
+                "", " ", "a", " a ", "\t", "\ta", "a\u{0}b", "a\u{85}", "Zoë",
+            ]
+            .map(String::from)
+            .into();
+            samples.extend(
+                ["\u{2028}", " \u{3000}x", "a\u{7f}", "\u{a0}", "é\u{301}"].map(String::from),
+            );
+            for len in [max - 1, max, max + 1] {
+                samples.push("é".repeat(len));
+                samples.push(format!(" {} ", "x".repeat(len.saturating_sub(2))));
+                samples.push(format!("{}\u{1}", "x".repeat(len - 1)));
+            }
+            for sample in samples {
+                assert_eq!(
+                    accepts(property, &sample),
+                    rule(&sample),
+                    "{schema}.{field} on {sample:?}"
+                );
+            }
+        }
+        for schema in ["UserInput", "UserPatch"] {
+            assert_eq!(
+                schemas[schema]["properties"]["email"]["maxLength"],
+                Email::MAX_CHARS
+            );
+        }
+        let parameters = spec["paths"]["/api/v1/users"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let limit_of = |name: &str| {
+            parameters
+                .iter()
+                .find(|parameter| parameter["name"] == name)
+                .map(|parameter| parameter["schema"]["maxLength"].clone())
+                .unwrap()
+        };
+        assert_eq!(limit_of("role"), Role::MAX_CHARS);
+        assert_eq!(limit_of("q"), UserName::MAX_CHARS);
+        assert_eq!(limit_of("email"), Email::MAX_CHARS);
+    }
 }

@@ -234,6 +234,45 @@ pub(super) async fn insert(
     new_row(user, actor, super::now()).insert(db).await
 }
 
+/// Several users inserted by one statement, in the given order, each with its creator's audit
+/// name: the users as stored, in the same order. The statement fails as a whole and leaves
+/// nothing of itself (on a duplicate email, say); its error is left for the caller to classify.
+pub(super) async fn insert_many(
+    db: &impl ConnectionTrait,
+    users: Vec<(NewUser, &str)>,
+) -> Result<Vec<Model>, DbErr> {
+    let now = super::now();
+    let expected: Vec<(String, Option<String>, String)> = users
+        .iter()
+        .map(|(user, actor)| {
+            let email = user.email.as_ref().map(|email| email.as_str().to_owned());
+            (user.name.as_str().to_owned(), email, (*actor).to_owned())
+        })
+        .collect();
+    let rows = users
+        .into_iter()
+        .map(|(user, actor)| new_row(user, actor, now));
+    let mut inserted = Entity::insert_many(rows).exec_with_returning(db).await?;
+    // RETURNING promises no order; ids ascend in the order the rows were given. Each row is
+    // then checked against its request, so that no caller is ever sent another's user.
+    inserted.sort_by_key(|model| model.id);
+    let matches = inserted.len() == expected.len()
+        && inserted
+            .iter()
+            .zip(&expected)
+            .all(|(model, (name, email, actor))| {
+                &model.name == name
+                    && &model.email == email
+                    && model.created_by.as_deref() == Some(actor.as_str())
+            });
+    if !matches {
+        return Err(DbErr::Custom(
+            "a multi-row insert returned rows that do not match its requests".into(),
+        ));
+    }
+    Ok(inserted)
+}
+
 /// The row a new user is stored as.
 fn new_row(user: NewUser, actor: &str, now: DateTime<Utc>) -> ActiveModel {
     ActiveModel {

@@ -19,7 +19,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
-    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+    sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use tokio::task::JoinHandle;
 
@@ -38,6 +38,16 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// other engines. When the server keeps the WAL within a limit, SQLite's own checkpoints (run
 /// inside whichever commit crosses 1,000 pages) are off.
 pub(super) fn configure(options: &mut ConnectOptions, settings: &SqliteSettings) {
+    configure_with(options, settings, |sqlite| sqlite);
+}
+
+/// [`configure`], then `extra`: sea-orm keeps one function to apply to SQLite's options, so
+/// both go in one.
+fn configure_with(
+    options: &mut ConnectOptions,
+    settings: &SqliteSettings,
+    extra: impl Fn(SqliteConnectOptions) -> SqliteConnectOptions + Send + Sync + 'static,
+) {
     let synchronous = if settings.sync_full {
         SqliteSynchronous::Full
     } else {
@@ -51,13 +61,15 @@ pub(super) fn configure(options: &mut ConnectOptions, settings: &SqliteSettings)
             .synchronous(synchronous)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        if wal_limit == 0 {
-            return sqlite;
-        }
-        sqlite
-            .pragma("wal_autocheckpoint", "0")
-            // A WAL started over is cut back to this size at its next commit.
-            .pragma("journal_size_limit", wal_limit.to_string())
+        let sqlite = if wal_limit == 0 {
+            sqlite
+        } else {
+            sqlite
+                .pragma("wal_autocheckpoint", "0")
+                // A WAL started over is cut back to this size at its next commit.
+                .pragma("journal_size_limit", wal_limit.to_string())
+        };
+        extra(sqlite)
     });
 }
 
@@ -65,12 +77,7 @@ pub(super) fn configure(options: &mut ConnectOptions, settings: &SqliteSettings)
 /// never closed or recycled.
 async fn dedicated_connection(
     settings: &DbSettings,
-    extra: impl Fn(
-        sea_orm::sqlx::sqlite::SqliteConnectOptions,
-    ) -> sea_orm::sqlx::sqlite::SqliteConnectOptions
-    + Send
-    + Sync
-    + 'static,
+    extra: impl Fn(SqliteConnectOptions) -> SqliteConnectOptions + Send + Sync + 'static,
 ) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(&settings.url);
     options
@@ -80,8 +87,7 @@ async fn dedicated_connection(
         .idle_timeout(None)
         .max_lifetime(None)
         .acquire_timeout(settings.acquire_timeout);
-    configure(&mut options, &settings.sqlite);
-    options.map_sqlx_sqlite_opts(extra);
+    configure_with(&mut options, &settings.sqlite, extra);
     Database::connect(options).await
 }
 
@@ -177,4 +183,48 @@ async fn database_file(db: &DatabaseConnection) -> Result<Option<PathBuf>, DbErr
         None => return Ok(None),
     };
     Ok((!file.is_empty()).then(|| PathBuf::from(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    use super::*;
+    use crate::store::tests::settings;
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                format!("PRAGMA {name}"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .unwrap()
+    }
+
+    /// Every connection the server opens has the settings, its own ones too: WAL,
+    /// `synchronous=NORMAL` (no fsync per commit), no automatic checkpoints, and for the
+    /// writer statement journals in memory.
+    #[tokio::test]
+    async fn dedicated_connections_keep_every_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(&dir);
+        let writer =
+            dedicated_connection(&settings, |sqlite| sqlite.pragma("temp_store", "memory"))
+                .await
+                .unwrap();
+        for (name, expected) in [
+            ("journal_mode", "wal"),
+            ("synchronous", "1"),
+            ("wal_autocheckpoint", "0"),
+            ("busy_timeout", "5000"),
+            ("temp_store", "2"),
+        ] {
+            assert_eq!(pragma(&writer, name).await, expected, "PRAGMA {name}");
+        }
+    }
 }
