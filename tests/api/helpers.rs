@@ -298,13 +298,31 @@ pub async fn acknowledged(writers: Vec<tokio::task::JoinHandle<Vec<Value>>>) -> 
     all
 }
 
+/// Waits until the first 200 users satisfy `done`: a load has got going before the server is
+/// stopped, however slow the machine is today (a fixed sleep was sometimes too short).
+pub async fn wait_for_users(app: &TestApp, done: impl Fn(&[Value]) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page: Value = app.list_users("?limit=200").await.json().await.unwrap();
+        if done(page["items"].as_array().unwrap()) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load did not get going within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Kills the server with SIGKILL while eight clients create users on it (on SQLite their
 /// creates share group commits), and returns its database, its key and every user a client
 /// got a 201 for.
 pub async fn kill9_under_creates(app: TestApp) -> (Arc<TestDb>, String, Vec<Value>) {
     let (db, key) = (app.db.clone(), app.key.clone());
     let writers = spawn_writers(&app, 8, None);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Each client waits for each answer: at most eight of these are not yet acknowledged.
+    wait_for_users(&app, |users| users.len() > 32).await;
     tokio::task::spawn_blocking(move || app.kill9())
         .await
         .unwrap();

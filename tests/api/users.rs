@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     acknowledged, assert_all_stored, assert_problem, spawn_app, spawn_app_with, spawn_writers,
-    start,
+    start, wait_for_users,
 };
 
 #[tokio::test]
@@ -377,7 +377,7 @@ async fn sigterm_lets_in_flight_writes_finish_and_loses_none() {
     let app = spawn_app().await;
     let (db, key) = (app.db.clone(), app.key.clone());
     let writers = spawn_writers(&app, 8, Some(200));
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    wait_for_users(&app, |users| users.len() >= 8).await;
     let status = tokio::task::spawn_blocking(move || app.stop())
         .await
         .unwrap();
