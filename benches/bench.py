@@ -4,11 +4,11 @@
 Builds the production profile, seeds fresh SQLite databases directly (not through N HTTP
 calls), starts the server and a bare-hyper baseline, runs wrk (1 thread, 32 connections, 10 s by
 default) over each scenario, then again with each kept optimisation turned off (on the same
-build and database) for the scenarios it exists for, and the deep-page pair without the page
-cache. Prints a table of req/s, p50/p99, errors and the ratio to the baseline measured in the
-same run, with the share of the machine's CPU time lost to steal and spent in I/O wait during
-each scenario, and what each optimisation gains; writes it all as JSON; stops every process it
-started.
+build and database) for the scenarios it exists for, every scenario on each `--compare` build
+(for what is chosen at build time), and the deep-page pair without the page cache. Prints a
+table of req/s, p50/p99, errors and the ratio to the baseline measured in the same run, with
+the share of the machine's CPU time lost to steal and spent in I/O wait during each scenario,
+and what each optimisation gains; writes it all as JSON; stops every process it started.
 """
 
 import argparse
@@ -128,7 +128,6 @@ WITHOUT = [
     (["--key-cache-ttl-secs", "0"], ", key cache off", ["get"]),
     (["--sqlite-group-commit", "false"], ", group commit off", ["create", "create_idempotent", "patch"]),
     (["--sqlite-wal-limit-mib", "0"], ", WAL limit off", ["create", "patch"]),
-    (["--log-writer", "thread"], ", log lines by a writer thread", ["get", "list"]),
 ]
 
 # Other settings, for comparison: not optimisations, so no gain is computed.

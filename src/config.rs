@@ -13,7 +13,7 @@ use crate::{
         oauth::{JwksSource, OAuthSettings},
     },
     store::{DbSettings, SqliteSettings},
-    telemetry::{LogFormat, LogWriter},
+    telemetry::LogFormat,
 };
 
 /// users-api: a versioned, documented, authenticated REST API for users.
@@ -100,10 +100,6 @@ pub struct DbArgs {
     /// Log format: `pretty` for people, `json` for log collectors.
     #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
     pub log_format: LogFormatArg,
-    /// How log lines reach standard error: `buffered` writes them out every 100 ms (and when
-    /// 64 KiB wait), `thread` hands each to a writer thread that writes it at once.
-    #[arg(long, global = true, env = "LOG_WRITER", value_enum, default_value_t = LogWriterArg::Buffered)]
-    pub log_writer: LogWriterArg,
     /// Most connections this process keeps open to the database (on SQLite, plus the one user
     /// writes go through).
     #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
@@ -168,13 +164,6 @@ impl DbArgs {
         match self.log_format {
             LogFormatArg::Pretty => LogFormat::Pretty,
             LogFormatArg::Json => LogFormat::Json,
-        }
-    }
-
-    pub fn log_writer(&self) -> LogWriter {
-        match self.log_writer {
-            LogWriterArg::Buffered => LogWriter::Buffered,
-            LogWriterArg::Thread => LogWriter::Thread,
         }
     }
 }
@@ -352,10 +341,4 @@ pub enum SqliteSync {
 pub enum LogFormatArg {
     Pretty,
     Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogWriterArg {
-    Buffered,
-    Thread,
 }

@@ -35,9 +35,7 @@ async fn run(args: Cli) -> ExitCode {
         };
         // A server tells what it does; a command prints its result and only warnings besides.
         let default_filter = if command.is_none() { "info" } else { "warn" };
-        let guard = telemetry::init(db.log_format(), db.log_writer(), default_filter);
-        guard.flush_periodically();
-        log_guard = Some(guard);
+        log_guard = Some(telemetry::init(db.log_format(), default_filter));
         match command {
             None => startup::serve(&db, &serve).await,
             Some(Command::Migrate) => {
@@ -73,6 +71,3 @@ async fn run(args: Cli) -> ExitCode {
         }
     }
 }
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

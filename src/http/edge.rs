@@ -162,37 +162,30 @@ fn plain_error_problem(response: &Response) -> Option<Problem> {
     ))
 }
 
-/// What the endpoints below answered, as a response: an error or a panic as a problem. The
-/// panic hook has printed a panic's message; the client gets a plain 500.
-fn rendered<T: IntoResponse>(
-    answered: std::thread::Result<poem::Result<T>>,
-    request_id: &str,
-) -> Response {
-    match answered {
-        Ok(Ok(output)) => output.into_response(),
-        Ok(Err(err)) => error_response(err, request_id),
-        Err(_panic) => {
-            tracing::error!("request failed: a handler panicked");
-            let problem = Problem::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal-error",
-                INTERNAL_DETAIL,
-            );
-            problem_response(problem, request_id)
-        }
-    }
-}
-
-/// Renders errors and panics as problems below CORS, so that CORS decorates them too (without
-/// CORS, the edge renders them itself).
+/// Renders what the endpoints below answer, errors and panics included, as responses: below
+/// CORS, so that CORS decorates problems too.
 pub async fn render_errors<E: Endpoint>(next: E, request: Request) -> poem::Result<Response> {
     let request_id = request
         .extensions()
         .get::<RequestContext>()
         .map(|context| context.id.clone())
         .unwrap_or_default();
-    let answered = AssertUnwindSafe(next.call(request)).catch_unwind().await;
-    Ok(rendered(answered, &request_id))
+    Ok(
+        match AssertUnwindSafe(next.call(request)).catch_unwind().await {
+            Ok(Ok(output)) => output.into_response(),
+            Ok(Err(err)) => error_response(err, &request_id),
+            // The panic hook has printed the message; the client gets a plain 500.
+            Err(_panic) => {
+                tracing::error!("request failed: a handler panicked");
+                let problem = Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal-error",
+                    INTERNAL_DETAIL,
+                );
+                problem_response(problem, &request_id)
+            }
+        },
+    )
 }
 
 /// The outermost layer (see the module's documentation).
@@ -235,22 +228,12 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
             rate_limit: slot.clone(),
         });
         request.extensions_mut().insert(self.state.clone());
-        let oversized = headers_too_large(request.headers());
-        // Called now, run only if `answer` lets the request through; boxed, so that this
-        // future (which poem boxes and moves) holds a pointer, not the chain of futures below.
-        let inner = Box::pin(AssertUnwindSafe(self.inner.call(request)).catch_unwind());
         let span = tracing::info_span!("request", request_id = &*id);
         async move {
             let started = Instant::now();
-            let asked = Asked {
-                oversized,
-                id: &id,
-                path: &path,
-                authenticated,
-                ip,
-                slot: &slot,
-            };
-            let mut response = self.answer(inner, asked).await;
+            let mut response = self
+                .answer(request, &id, &path, authenticated, ip, &slot)
+                .await;
             if let Some(problem) = plain_error_problem(&response) {
                 response = problem_response(problem, &id);
             }
@@ -263,14 +246,12 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
             self.state
                 .metrics
                 .observe(operation, status, elapsed.as_secs_f64());
-            // Displayed, not quoted and escaped: a method, a path hyper parsed (no spaces or
-            // line breaks) and an operation's name hold nothing to escape.
             tracing::info!(
-                method = %method,
-                path = %path,
+                method = method.as_str(),
+                path = path.as_str(),
                 status = status.as_u16(),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
-                operation = %operation,
+                operation,
                 "request"
             );
             Ok(response)
@@ -285,19 +266,15 @@ impl<E: Endpoint> EdgeEndpoint<E> {
     /// endpoints' own within the time limit.
     async fn answer(
         &self,
-        inner: impl Future<Output = std::thread::Result<poem::Result<E::Output>>>,
-        asked: Asked<'_>,
+        request: Request,
+        id: &str,
+        path: &str,
+        authenticated: bool,
+        ip: Option<IpAddr>,
+        slot: &RateLimitSlot,
     ) -> Response {
-        let Asked {
-            oversized,
-            id,
-            path,
-            authenticated,
-            ip,
-            slot,
-        } = asked;
         let settings = &self.state.settings;
-        if oversized {
+        if headers_too_large(request.headers()) {
             let problem = Problem::new(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers-too-large",
@@ -322,8 +299,9 @@ impl<E: Endpoint> EdgeEndpoint<E> {
                 return error_response(AppError::RateLimited { retry_after }.into(), id);
             }
         }
-        match tokio::time::timeout(settings.request_timeout, inner).await {
-            Ok(answered) => rendered(answered, id),
+        match tokio::time::timeout(settings.request_timeout, self.inner.call(request)).await {
+            Ok(Ok(output)) => output.into_response(),
+            Ok(Err(err)) => error_response(err, id),
             Err(_) => {
                 let secs = settings.request_timeout.as_secs();
                 tracing::error!(timeout_secs = secs, "request timed out");
@@ -372,16 +350,6 @@ impl<E: Endpoint> EdgeEndpoint<E> {
             }
         }
     }
-}
-
-/// What the edge learnt of a request before handing it on.
-struct Asked<'a> {
-    oversized: bool,
-    id: &'a str,
-    path: &'a str,
-    authenticated: bool,
-    ip: Option<IpAddr>,
-    slot: &'a RateLimitSlot,
 }
 
 /// Which methods each path answers, for the `Allow` header a 405 must carry (RFC 9110 §15.5.6).

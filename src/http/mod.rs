@@ -16,7 +16,7 @@ mod users;
 
 use std::{sync::Arc, time::Duration};
 
-use poem::{Endpoint, EndpointExt, IntoEndpoint, http::Method, middleware::Cors};
+use poem::{Endpoint, EndpointExt, http::Method, middleware::Cors};
 use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService, Tags};
 use serde_json::{Value, json};
 
@@ -222,58 +222,16 @@ pub fn app(state: Arc<State>) -> impl Endpoint {
     let openapi = openapi();
     let document = spec_document(state.settings.oauth_flows.as_ref());
     let allow = AllowTable::new(&document, &[&["/"], docs::PAGES.as_slice()].concat());
-    let routes = PagesOrApi {
-        pages: docs::routes(&openapi, &document),
-        api: openapi.into_endpoint(),
-    };
+    let routes = docs::routes(&openapi, &document).nest("/", openapi);
     let origins = &state.settings.cors_allow_origins;
     let cors = (!origins.is_empty()).then(|| cors(origins));
-    // With CORS, errors become problems beneath it so that it decorates them too; without,
-    // the edge renders them itself, a layer fewer on every request.
     routes
-        .with_if(cors.is_some(), CorsProblems(cors.unwrap_or_default()))
+        .around(render_errors)
+        .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(Edge {
             state,
             allow: Arc::new(allow),
         })
-}
-
-/// The docs pages and spec files, or else the API: chosen by a look at the path, rather than
-/// by a router in front of the API's own, which cost every API request a second route match,
-/// a nest layer and two boxed futures.
-struct PagesOrApi<A> {
-    pages: poem::Route,
-    api: A,
-}
-
-impl<A: Endpoint> Endpoint for PagesOrApi<A> {
-    type Output = poem::Response;
-
-    async fn call(&self, request: poem::Request) -> poem::Result<poem::Response> {
-        let path = request.uri().path();
-        if path.starts_with("/docs/") || docs::PAGES.contains(&path) {
-            self.pages.call(request).await
-        } else {
-            self.api
-                .call(request)
-                .await
-                .map(poem::IntoResponse::into_response)
-        }
-    }
-}
-
-/// CORS over problem-rendered errors.
-struct CorsProblems(Cors);
-
-impl<E: Endpoint + 'static> poem::Middleware<E> for CorsProblems {
-    type Output = poem::endpoint::BoxEndpoint<'static>;
-
-    fn transform(&self, endpoint: E) -> Self::Output {
-        self.0
-            .transform(endpoint.around(render_errors))
-            .map_to_response()
-            .boxed()
-    }
 }
 
 /// CORS for the configured origins only; what browsers may send and read is what the API uses.

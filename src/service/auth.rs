@@ -3,10 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        PoisonError, RwLock,
-        atomic::{AtomicI64, Ordering},
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -106,9 +103,7 @@ struct CachedKey {
 pub(super) struct KeyCache {
     ttl: Duration,
     capacity: usize,
-    /// Read-locked by lookups, so that they never wait for each other: with a mutex, a lookup
-    /// whose thread is preempted inside it would hold up every other until it ran again.
-    entries: RwLock<HashMap<KeyDigest, (CachedKey, Instant)>>,
+    entries: Mutex<HashMap<KeyDigest, (CachedKey, Instant)>>,
 }
 
 impl KeyCache {
@@ -117,12 +112,12 @@ impl KeyCache {
         KeyCache {
             ttl,
             capacity: capacity.max(1),
-            entries: RwLock::default(),
+            entries: Mutex::default(),
         }
     }
 
     fn get(&self, digest: &KeyDigest) -> Option<CachedKey> {
-        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entries = self.entries.lock().expect("key cache lock");
         let (key, fetched) = entries.get(digest)?;
         (fetched.elapsed() < self.ttl).then(|| key.clone())
     }
@@ -131,7 +126,7 @@ impl KeyCache {
         if self.ttl.is_zero() {
             return;
         }
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self.entries.lock().expect("key cache lock");
         if entries.len() >= self.capacity && !entries.contains_key(&digest) {
             let ttl = self.ttl;
             entries.retain(|_, (_, fetched)| fetched.elapsed() < ttl);
@@ -146,64 +141,46 @@ impl KeyCache {
     /// Forgets a key at once (revoked through this instance).
     pub fn forget(&self, key_id: i64) {
         self.entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+            .lock()
+            .expect("key cache lock")
             .retain(|_, (key, _)| key.key_id != key_id);
     }
 }
 
 /// When each API key was last used, without a database write per request: uses are noted in
-/// memory and written in batches. A use is one atomic store into the key's slot, under a read
-/// lock; only a key's first use takes the write lock, to add its slot.
+/// memory and written in batches.
 #[derive(Default)]
 pub(super) struct KeyUsage {
-    /// The latest use not yet written, by key id, in Unix microseconds (0: none pending).
-    pending: RwLock<HashMap<i64, AtomicI64>>,
+    pending: Mutex<HashMap<i64, DateTime<Utc>>>,
 }
 
 impl KeyUsage {
     fn record(&self, key_id: i64, at: DateTime<Utc>) {
-        let micros = at.timestamp_micros();
-        {
-            let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = pending.get(&key_id) {
-                slot.fetch_max(micros, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut pending = self.pending.write().unwrap_or_else(PoisonError::into_inner);
-        pending
-            .entry(key_id)
-            .or_default()
-            .fetch_max(micros, Ordering::Relaxed);
+        self.pending.lock().expect("usage lock").insert(key_id, at);
     }
 
     /// The newer of the stored time and a use not yet written.
     pub fn latest(&self, key_id: i64, stored: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
-        let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
-        let micros = pending
+        let pending = self
+            .pending
+            .lock()
+            .expect("usage lock")
             .get(&key_id)
-            .map_or(0, |slot| slot.load(Ordering::Relaxed));
-        stored.max(DateTime::from_timestamp_micros(micros).filter(|_| micros > 0))
+            .copied();
+        stored.max(pending)
     }
 
     /// Writes the pending times; on failure they are kept for the next attempt.
     pub async fn flush(&self, store: &store::Store) {
-        let batch: Vec<(i64, i64)> = {
-            let pending = self.pending.read().unwrap_or_else(PoisonError::into_inner);
-            pending
-                .iter()
-                .map(|(&key_id, slot)| (key_id, slot.swap(0, Ordering::Relaxed)))
-                .filter(|&(_, micros)| micros > 0)
-                .collect()
-        };
-        for (key_id, micros) in batch {
-            let Some(at) = DateTime::from_timestamp_micros(micros) else {
-                continue;
-            };
+        let batch: Vec<_> = std::mem::take(&mut *self.pending.lock().expect("usage lock"))
+            .into_iter()
+            .collect();
+        for (key_id, at) in batch {
             if let Err(err) = store.touch_api_key(key_id, at).await {
                 tracing::warn!(key_id, error = %err, "could not record API key use; will retry");
-                self.record(key_id, at);
+                let mut pending = self.pending.lock().expect("usage lock");
+                let entry = pending.entry(key_id).or_insert(at);
+                *entry = (*entry).max(at);
             }
         }
     }
@@ -240,14 +217,18 @@ mod tests {
     fn the_latest_use_of_each_key_is_kept_until_written() {
         let usage = KeyUsage::default();
         let at = |secs| DateTime::from_timestamp(secs, 0).unwrap();
-        usage.record(1, at(100));
         usage.record(1, at(90));
+        usage.record(1, at(100));
         usage.record(2, at(50));
-        assert_eq!(usage.latest(1, Some(at(10))), Some(at(100)));
+        assert_eq!(
+            usage.latest(1, Some(at(10))),
+            Some(at(100)),
+            "the latest use"
+        );
         assert_eq!(
             usage.latest(1, Some(at(200))),
             Some(at(200)),
-            "never backwards"
+            "never behind what is stored"
         );
         assert_eq!(usage.latest(3, None), None);
     }
@@ -258,7 +239,7 @@ mod tests {
         for i in 0..10 {
             cache.put(KeyDigest::of(&format!("k{i}")), key(i));
         }
-        assert!(cache.entries.read().unwrap().len() <= 3);
+        assert!(cache.entries.lock().unwrap().len() <= 3);
         let off = KeyCache::new(Duration::ZERO, 3);
         off.put(KeyDigest::of("a"), key(1));
         assert!(off.get(&KeyDigest::of("a")).is_none());
