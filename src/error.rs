@@ -3,7 +3,7 @@
 
 use sea_orm::DbErr;
 
-use crate::domain::{FieldError, Scope};
+use crate::domain::{FieldError, ParamError, Scope};
 
 /// Everything that can go wrong in the service.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum AppError {
     Validation(Vec<FieldError>),
     #[error("{0}")]
     BadRequest(String),
+    /// A parameter of the request (a listing's filter or cursor) that cannot be used as sent.
+    #[error("`{}` {}", .0.name, .0.message)]
+    BadParameter(ParamError),
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     /// No usable `Authorization: Bearer` header at all.
@@ -61,7 +64,7 @@ impl AppError {
             AppError::RateLimited { .. } => "rate-limited",
             AppError::Conflict(_) => "conflict",
             AppError::Validation(_) => "validation-error",
-            AppError::BadRequest(_) => "bad-request",
+            AppError::BadRequest(_) | AppError::BadParameter(_) => "bad-request",
             AppError::PayloadTooLarge { .. } => "payload-too-large",
             AppError::MissingCredentials => "unauthorized",
             AppError::InvalidToken(_) => "invalid-token",

@@ -77,6 +77,22 @@ pub struct UserFilter {
     pub created_before: Option<DateTime<Utc>>,
 }
 
+/// A parameter of a listing that cannot be used as sent: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    fn new(name: &'static str, message: impl Into<String>) -> Self {
+        ParamError {
+            name,
+            message: message.into(),
+        }
+    }
+}
+
 impl UserFilter {
     pub fn new(
         role: Option<String>,
@@ -84,18 +100,21 @@ impl UserFilter {
         q: Option<&str>,
         created_after: Option<DateTime<Utc>>,
         created_before: Option<DateTime<Utc>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ParamError> {
         let email_key = email
             .map(|raw| {
                 Email::parse(raw)
                     .map(|email| email.key())
-                    .map_err(|err| format!("`email` {err}"))
+                    .map_err(|err| ParamError::new("email", err))
             })
             .transpose()?;
         if let (Some(after), Some(before)) = (created_after, created_before)
             && after >= before
         {
-            return Err("`created_after` must be earlier than `created_before`".into());
+            return Err(ParamError::new(
+                "created_after",
+                "must be earlier than `created_before`",
+            ));
         }
         Ok(UserFilter {
             role,
@@ -173,8 +192,14 @@ impl Cursor {
 
     /// Decodes a cursor for `query`; one that was altered, or issued for another query (other
     /// filters or sort), is an error.
-    pub fn parse(raw: &str, query: &ListQuery) -> Result<Self, String> {
-        let invalid = || "the cursor is not one this API issued for this query".to_owned();
+    pub fn parse(raw: &str, query: &ListQuery) -> Result<Self, ParamError> {
+        let invalid = || {
+            ParamError::new(
+                "cursor",
+                "is not one this API issued for this query: pass a page's `next_cursor` \
+                 unchanged, with the same filters and sort",
+            )
+        };
         let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
         let payload: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
         let [version, fingerprint, after_id, key] = payload

@@ -11,6 +11,6 @@ mod user;
 
 pub use api_key::{ApiKeySecret, KeyDigest, NewApiKey, Scope, ScopeSet};
 pub use fields::{FieldError, bounded_text};
-pub use listing::{Cursor, ListQuery, Sort, SortField, SortKey, UserFilter};
+pub use listing::{Cursor, ListQuery, ParamError, Sort, SortField, SortKey, UserFilter};
 pub use principal::{Principal, Subject};
 pub use user::{Email, IfMatch, NewUser, Role, UserChanges, UserName};

@@ -5,7 +5,7 @@
 use std::{
     net::IpAddr,
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
     time::Instant,
 };
 
@@ -14,15 +14,19 @@ use poem::{
     Endpoint, IntoResponse, Middleware, Request, Response,
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
 };
-use poem_openapi::OperationId;
+use poem_openapi::{
+    OperationId,
+    error::{ParseParamError, ParsePathError},
+};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
     State,
+    params::ParamRules,
     problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem},
 };
-use crate::{error::AppError, service::Decision};
+use crate::{domain::Subject, error::AppError, service::Decision};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,6 +40,9 @@ pub struct RequestContext {
     pub client_ip: Option<IpAddr>,
     /// Filled by whoever counts the request against a rate limit; read to set `RateLimit-*`.
     pub rate_limit: RateLimitSlot,
+    /// Who called, once the security scheme has checked the credentials; logged with the
+    /// request.
+    pub caller: Arc<OnceLock<Subject>>,
 }
 
 /// A rate-limit decision, shared between the edge and the security scheme.
@@ -163,17 +170,49 @@ fn plain_error_problem(response: &Response) -> Option<Problem> {
 }
 
 /// Renders what the endpoints below answer, errors and panics included, as responses: below
-/// CORS, so that CORS decorates problems too.
-pub async fn render_errors<E: Endpoint>(next: E, request: Request) -> poem::Result<Response> {
+/// CORS, so that CORS decorates problems too. A parameter the framework refused becomes a
+/// problem that names every bad parameter of the request (`params`).
+pub async fn render_errors<E: Endpoint>(
+    next: E,
+    request: Request,
+    params: Arc<ParamRules>,
+) -> poem::Result<Response> {
     let request_id = request
         .extensions()
         .get::<RequestContext>()
         .map(|context| context.id.clone())
         .unwrap_or_default();
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     Ok(
         match AssertUnwindSafe(next.call(request)).catch_unwind().await {
             Ok(Ok(output)) => output.into_response(),
-            Ok(Err(err)) => error_response(err, &request_id),
+            Ok(Err(err)) => {
+                let refused = match (
+                    err.downcast_ref::<ParseParamError>(),
+                    err.downcast_ref::<ParsePathError>(),
+                ) {
+                    (Some(param), _) => Some((param.name, param.reason.as_str())),
+                    (None, Some(path)) => Some((path.name, path.reason.as_str())),
+                    (None, None) => None,
+                };
+                let query = || -> Vec<(String, String)> {
+                    serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap_or_default()
+                };
+                let failures = refused
+                    .map(|refused| params.failures(method.as_str(), uri.path(), &query(), refused))
+                    .filter(|failures| !failures.is_empty());
+                match failures {
+                    Some(failures) => {
+                        let problem = Problem::bad_parameters(failures);
+                        let mut response = problem_response(problem, &request_id);
+                        if let Some(operation) = err.data::<OperationId>() {
+                            response.set_data(*operation);
+                        }
+                        response
+                    }
+                    None => error_response(err, &request_id),
+                }
+            }
             // The panic hook has printed the message; the client gets a plain 500.
             Err(_panic) => {
                 tracing::error!("request failed: a handler panicked");
@@ -222,10 +261,12 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
         let authenticated = request.headers().contains_key(header::AUTHORIZATION);
         let ip = client_ip(&request, self.state.settings.trust_forwarded_for);
         let slot = RateLimitSlot::default();
+        let caller = Arc::new(OnceLock::new());
         request.extensions_mut().insert(RequestContext {
             id: id.clone(),
             client_ip: ip,
             rate_limit: slot.clone(),
+            caller: caller.clone(),
         });
         request.extensions_mut().insert(self.state.clone());
         let span = tracing::info_span!("request", request_id = &*id);
@@ -246,12 +287,16 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
             self.state
                 .metrics
                 .observe(operation, status, elapsed.as_secs_f64());
+            // Who and from where: the audit name (never a secret) and the client address
+            // (the forwarded one when it is trusted); absent when unknown.
             tracing::info!(
                 method = method.as_str(),
                 path = path.as_str(),
                 status = status.as_u16(),
                 latency_ms = elapsed.as_secs_f64() * 1000.0,
                 operation,
+                principal = caller.get().map(tracing::field::display),
+                client = ip.map(tracing::field::display),
                 "request"
             );
             Ok(response)

@@ -26,6 +26,7 @@ use self::{
     edge::{AllowTable, Edge, render_errors},
     health::OperationsApi,
     metrics::Metrics,
+    params::ParamRules,
     users::{SentPage, SentUser, UsersApi},
 };
 use crate::service::{Service, cache::ReadCache};
@@ -222,11 +223,12 @@ pub fn app(state: Arc<State>) -> impl Endpoint {
     let openapi = openapi();
     let document = spec_document(state.settings.oauth_flows.as_ref());
     let allow = AllowTable::new(&document, &[&["/"], docs::PAGES.as_slice()].concat());
+    let params = Arc::new(ParamRules::new(&document));
     let routes = docs::routes(&openapi, &document).nest("/", openapi);
     let origins = &state.settings.cors_allow_origins;
     let cors = (!origins.is_empty()).then(|| cors(origins));
     routes
-        .around(render_errors)
+        .around(move |next, request| render_errors(next, request, params.clone()))
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .with(Edge {
             state,

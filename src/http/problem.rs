@@ -15,6 +15,7 @@ use poem_openapi::{
     types::{Example, ToJSON, Type},
 };
 
+use super::params::{ParamFailure, ParamLocation};
 use crate::{domain::FieldError, error::AppError};
 
 /// The media type of every error body.
@@ -53,14 +54,34 @@ pub struct Problem {
     pub retry_after: Option<u64>,
 }
 
-/// One invalid member of a request body.
+/// One invalid member of a request body (`pointer`), or one invalid parameter (`in` and
+/// `name`).
 #[derive(Debug, Clone, Object)]
 #[oai(rename = "FieldError")]
 pub struct ProblemFieldError {
-    /// JSON Pointer (RFC 6901) to the member, e.g. `/email`; empty for the body as a whole.
-    pub pointer: String,
-    /// Why the value was rejected.
+    /// JSON Pointer (RFC 6901) to the member of the body, e.g. `/email`; empty for the body as
+    /// a whole. Absent for a parameter.
+    #[oai(skip_serializing_if_is_none)]
+    pub pointer: Option<String>,
+    /// Where the invalid parameter was sent. Absent for a member of the body.
+    #[oai(rename = "in", skip_serializing_if_is_none)]
+    pub location: Option<ParamLocation>,
+    /// The name of the invalid parameter, e.g. `limit`. Absent for a member of the body.
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// Why the value was rejected, and what to send instead.
     pub message: String,
+}
+
+impl From<ParamFailure> for ProblemFieldError {
+    fn from(failure: ParamFailure) -> Self {
+        ProblemFieldError {
+            pointer: None,
+            location: Some(failure.location),
+            name: Some(failure.name),
+            message: failure.message,
+        }
+    }
 }
 
 impl Example for Problem {
@@ -72,7 +93,9 @@ impl Example for Problem {
             detail: "the request body failed validation".into(),
             request_id: Some("5f0c6f5e-4f7a-4d0e-9d6b-0c2f4b1f9a77".into()),
             errors: Some(vec![ProblemFieldError {
-                pointer: "/email".into(),
+                pointer: Some("/email".into()),
+                location: None,
+                name: None,
                 message: "is not a valid email address (Missing separator character '@'.)".into(),
             }]),
             challenge: None,
@@ -84,7 +107,9 @@ impl Example for Problem {
 impl From<&FieldError> for ProblemFieldError {
     fn from(err: &FieldError) -> Self {
         Self {
-            pointer: err.pointer.clone(),
+            pointer: Some(err.pointer.clone()),
+            location: None,
+            name: None,
             message: err.message.clone(),
         }
     }
@@ -101,7 +126,7 @@ impl ResponseError for AppError {
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::BadRequest(_) | AppError::BadParameter(_) => StatusCode::BAD_REQUEST,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MissingCredentials | AppError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             AppError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -164,9 +189,32 @@ impl Problem {
             AppError::Unavailable(_) => Some(1),
             _ => None,
         };
-        if let AppError::Validation(errors) = err {
-            problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
+        match err {
+            AppError::Validation(errors) => {
+                problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
+            }
+            // The listings' parameters, the only ones the layers below see, are in the query.
+            AppError::BadParameter(param) => {
+                problem.errors = Some(vec![ProblemFieldError::from(ParamFailure {
+                    location: ParamLocation::Query,
+                    name: param.name.to_owned(),
+                    message: param.message.clone(),
+                })]);
+            }
+            _ => {}
         }
+        problem
+    }
+
+    /// A 400 naming every parameter the request got wrong.
+    pub fn bad_parameters(failures: Vec<ParamFailure>) -> Self {
+        let detail = failures
+            .iter()
+            .map(|failure| format!("`{}` {}", failure.name, failure.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut problem = Self::new(StatusCode::BAD_REQUEST, "bad-request", detail);
+        problem.errors = Some(failures.into_iter().map(ProblemFieldError::from).collect());
         problem
     }
 

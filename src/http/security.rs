@@ -132,7 +132,12 @@ impl<'a> ApiExtractor<'a> for Auth {
         if let (Some(context), Some(decision)) = (context, decision) {
             context.rate_limit.set(decision);
         }
-        Ok(Auth(principal?))
+        let principal = principal?;
+        if let Some(context) = context {
+            // Set once: an operation has one security extractor.
+            let _ = context.caller.set(principal.subject.clone());
+        }
+        Ok(Auth(principal))
     }
 }
 

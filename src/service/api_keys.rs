@@ -78,7 +78,7 @@ impl Service {
         let after = cursor
             .map(|raw| Cursor::parse(raw, &ListQuery::default()))
             .transpose()
-            .map_err(AppError::BadRequest)?;
+            .map_err(AppError::BadParameter)?;
         self.list_keys(after.as_ref(), limit).await
     }
 

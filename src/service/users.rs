@@ -81,7 +81,7 @@ impl Service {
                 request.created_after,
                 request.created_before,
             )
-            .map_err(AppError::BadRequest)?;
+            .map_err(AppError::BadParameter)?;
             let query = ListQuery {
                 filter,
                 sort: request.sort,
@@ -90,7 +90,7 @@ impl Service {
                 .cursor
                 .map(|raw| Cursor::parse(&raw, &query))
                 .transpose()
-                .map_err(AppError::BadRequest)?;
+                .map_err(AppError::BadParameter)?;
             let page = self
                 .store
                 .list_users(&query, after.as_ref(), request.limit)

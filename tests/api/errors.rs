@@ -210,15 +210,38 @@ async fn request_ids_are_echoed_or_generated_and_in_problems() {
     assert_ne!(generated, "a b\"<script>");
     assert_eq!(generated.len(), 36, "a UUID replaces an unsafe id");
 
-    // Every request is logged once with method, path, status and its id.
+    let anonymous = app
+        .client
+        .get(app.url("/api/v1/users"))
+        .header("X-Request-Id", "anonymous-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Every request is logged once with method, path, status, its id, who called (the audit
+    // name, never the key) and from where.
     let logs = app.logs().await;
-    let line = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|e| e["span"]["request_id"] == "trace-abc.123" && e["message"] == "request")
-        .expect("a request log line");
+    let request_line = |id: &str| {
+        logs.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["span"]["request_id"] == id && e["message"] == "request")
+            .expect("a request log line")
+    };
+    let line = request_line("trace-abc.123");
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/api/v1/users/12345");
     assert_eq!(line["status"], 404);
     assert!(line["latency_ms"].is_number());
+    assert_eq!(line["principal"], "api-key:1");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(!logs.contains(&app.key), "the key itself is never logged");
+    let line = request_line("anonymous-1");
+    assert_eq!(line["status"], 401);
+    assert_eq!(
+        line["principal"],
+        Value::Null,
+        "no credentials, no principal"
+    );
+    assert_eq!(line["client"], "127.0.0.1");
 }

@@ -174,3 +174,137 @@ async fn bad_sorts_filters_and_cursors_are_400s() {
     let (second, _) = page(&app, &format!("?limit=2&sort=name&cursor={cursor}")).await;
     assert_eq!(second["items"].as_array().unwrap().len(), 2);
 }
+
+/// Every bad parameter of a request is named, with where it was sent and what to send instead,
+/// in words: no parser's or type's name.
+#[tokio::test]
+async fn parameter_errors_name_every_bad_parameter_and_what_to_send() {
+    let app = spawn_app().await;
+    let errors = |problem: &Value| -> Vec<(String, String, String)> {
+        problem["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("an errors list in {problem}"))
+            .iter()
+            .map(|error| {
+                let field = |name: &str| error[name].as_str().unwrap().to_owned();
+                (field("in"), field("name"), field("message"))
+            })
+            .collect()
+    };
+    let entry = |location: &str, name: &str, message: &str| {
+        (location.to_owned(), name.to_owned(), message.to_owned())
+    };
+    let sorts = "must be one of: id, -id, name, -name, created_at, -created_at";
+    let instant = "must be a date and time in RFC 3339 form, such as 2026-01-31T09:00:00Z";
+
+    let problem = assert_problem(
+        app.list_users("?limit=abc&sort=bogus&created_after=yesterday&role=Dev")
+            .await,
+        400,
+    )
+    .await;
+    assert_eq!(
+        errors(&problem),
+        [
+            entry("query", "limit", "must be an integer from 1 to 200"),
+            entry("query", "sort", sorts),
+            entry("query", "created_after", instant),
+        ]
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("`limit` must be an integer from 1 to 200; `sort` must be one of"),
+        "{problem}"
+    );
+
+    for (query, expected) in [
+        (
+            "?limit=0",
+            entry("query", "limit", "must be an integer from 1 to 200"),
+        ),
+        (
+            "?limit=201",
+            entry("query", "limit", "must be an integer from 1 to 200"),
+        ),
+        ("?sort=ID", entry("query", "sort", sorts)),
+        (
+            "?created_before=2026-13-01",
+            entry("query", "created_before", instant),
+        ),
+        (
+            "?email=not-an-address",
+            entry(
+                "query",
+                "email",
+                "must be an email address, such as ann@example.com",
+            ),
+        ),
+        (
+            &format!("?q={}", "x".repeat(101)),
+            entry("query", "q", "must be 1 to 100 characters"),
+        ),
+    ] {
+        let problem = assert_problem(app.list_users(query).await, 400).await;
+        assert_eq!(errors(&problem), [expected], "{query}");
+    }
+
+    // A cursor that is not URL-safe base64, and one this API did not issue.
+    let problem = assert_problem(app.list_users("?cursor=djE6%24Mg").await, 400).await;
+    let [(location, name, message)] = <[_; 1]>::try_from(errors(&problem)).unwrap();
+    assert_eq!((location.as_str(), name.as_str()), ("query", "cursor"));
+    assert!(message.contains("`next_cursor` unchanged"), "{message}");
+    let problem = assert_problem(app.list_users("?cursor=bogus").await, 400).await;
+    let [(location, name, message)] = <[_; 1]>::try_from(errors(&problem)).unwrap();
+    assert_eq!((location.as_str(), name.as_str()), ("query", "cursor"));
+    assert!(message.contains("not one this API issued"), "{message}");
+
+    let problem = assert_problem(
+        app.request(reqwest::Method::GET, "/api/v1/users/abc")
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(
+        errors(&problem),
+        [entry("path", "id", "must be an integer")]
+    );
+
+    let problem = assert_problem(
+        app.request(reqwest::Method::POST, "/api/v1/users")
+            .header("Idempotency-Key", "k".repeat(256))
+            .json(&json!({"name": "Ann", "role": "Dev"}))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(
+        errors(&problem),
+        [entry(
+            "header",
+            "Idempotency-Key",
+            "must be 1 to 255 characters"
+        )]
+    );
+
+    // No framework or Rust type names in any of them.
+    for query in ["?limit=abc", "?limit=0", "?sort=bogus", "?created_after=x"] {
+        let text = app.list_users(query).await.text().await.unwrap();
+        for leaked in [
+            "uint64",
+            "int64",
+            "UserSort",
+            "string_date-time",
+            "verification failed",
+            "failed to parse",
+            "optional_",
+        ] {
+            assert!(!text.contains(leaked), "{query}: {text}");
+        }
+    }
+}
