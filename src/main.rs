@@ -71,8 +71,3 @@ async fn run(args: Cli) -> ExitCode {
         }
     }
 }
-
-/// mimalloc rather than the system allocator: a request allocates and frees many small buffers
-/// across threads (docs/performance.md has the figure).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
