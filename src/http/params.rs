@@ -75,7 +75,7 @@ impl ParseFromParameter for CursorText {
     }
 }
 
-/// Where a parameter goes, as the spec's `in` says.
+/// Where an invalid parameter was sent (`in`); absent for a member of the body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum ParamLocation {

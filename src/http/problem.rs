@@ -63,7 +63,8 @@ pub struct ProblemFieldError {
     /// a whole. Absent for a parameter.
     #[oai(skip_serializing_if_is_none)]
     pub pointer: Option<String>,
-    /// Where the invalid parameter was sent. Absent for a member of the body.
+    // No doc comment: poem-openapi would wrap the reference in an `allOf` to carry it, which
+    // openapi-python-client cannot read for an enum. `ParamLocation`'s own says what it is.
     #[oai(rename = "in", skip_serializing_if_is_none)]
     pub location: Option<ParamLocation>,
     /// The name of the invalid parameter, e.g. `limit`. Absent for a member of the body.
