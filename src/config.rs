@@ -61,6 +61,11 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; its secret is printed once, as the last line of standard output.
+    #[command(after_help = "Examples:\n  \
+        users-api keys create --name me --scope admin\n  \
+        users-api keys create --name ci-reader --scope users:read --expires-at 2027-06-30T00:00:00Z\n  \
+        users-api keys create --name app --scope users:read --scope users:write \\\n      \
+        --database-url postgres://postgres@127.0.0.1:5432/users")]
     Create {
         /// A label saying who or what uses the key.
         #[arg(long, value_parser = NewApiKey::parse_name)]
@@ -91,6 +96,7 @@ fn parse_expiry(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
 pub struct DbArgs {
     /// Database URL: `sqlite://PATH` (the file is created if missing) or `postgres://…`.
     #[arg(
+        help_heading = "Database",
         long,
         global = true,
         env = "DATABASE_URL",
@@ -98,14 +104,21 @@ pub struct DbArgs {
     )]
     pub database_url: String,
     /// Log format: `pretty` for people, `json` for log collectors.
-    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
+    #[arg(help_heading = "Logging", long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
     pub log_format: LogFormatArg,
     /// Most connections this process keeps open to the database (on SQLite, plus the one user
     /// writes go through).
-    #[arg(long, global = true, env = "DB_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(
+        help_heading = "Database",
+        long,
+        global = true,
+        env = "DB_MAX_CONNECTIONS",
+        default_value_t = 8
+    )]
     pub db_max_connections: u32,
     /// How long a request waits for a free (or new) connection before it gets a 503, in seconds.
     #[arg(
+        help_heading = "Database",
         long,
         global = true,
         env = "DB_ACQUIRE_TIMEOUT_SECS",
@@ -114,6 +127,7 @@ pub struct DbArgs {
     pub db_acquire_timeout_secs: u64,
     /// PostgreSQL aborts any statement running longer than this, in seconds (0: no limit).
     #[arg(
+        help_heading = "Database",
         long,
         global = true,
         env = "DB_STATEMENT_TIMEOUT_SECS",
@@ -122,19 +136,20 @@ pub struct DbArgs {
     pub db_statement_timeout_secs: u64,
     /// SQLite durability: `normal` keeps every acknowledged write through a crash of the
     /// process (kill -9); `full` also through power loss, at a cost in write throughput.
-    #[arg(long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
+    #[arg(help_heading = "Database", long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_synchronous: SqliteSync,
     /// How much the SQLite write-ahead log may hold, in MiB, before it is started over (writes
     /// wait a few ms for that) and its file cut back to this size. 0 leaves checkpoints to
     /// SQLite, which runs them inside whichever commit crosses 1,000 pages.
-    #[arg(long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    #[arg(help_heading = "Performance", long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=4096))]
     pub sqlite_wal_limit_mib: u32,
     /// Commit concurrent user writes on SQLite together, a transaction for up to 64 of them
     /// (each answered after that commit); `false` gives each its own transaction.
-    #[arg(long, global = true, env = "SQLITE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Performance", long, global = true, env = "SQLITE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
     pub sqlite_group_commit: bool,
     /// At start, how long to keep retrying a database that is not up yet, in seconds.
     #[arg(
+        help_heading = "Database",
         long,
         global = true,
         env = "DB_STARTUP_WAIT_SECS",
@@ -171,70 +186,136 @@ impl DbArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to listen on; port 0 picks a free port (the log line `listening` names it).
-    #[arg(long, env = "BIND", default_value = "127.0.0.1:5000")]
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "BIND",
+        default_value = "127.0.0.1:5000"
+    )]
     pub bind: SocketAddr,
     /// Threads that serve requests; one per core if not given (the log line `listening` says
     /// how many). Fewer leave cores to other busy processes on the machine.
-    #[arg(long, env = "WORKER_THREADS")]
+    #[arg(help_heading = "Server", long, env = "WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
     /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    #[arg(help_heading = "Limits", long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
     /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, in seconds.
-    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "SHUTDOWN_GRACE_SECS",
+        default_value_t = 30
+    )]
     pub shutdown_grace_secs: u64,
     /// How long a verified API key is trusted without asking the database again, in seconds:
     /// the bound on honouring a revocation made elsewhere (another instance, the CLI). 0: off.
-    #[arg(long, env = "KEY_CACHE_TTL_SECS", default_value_t = 5)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "KEY_CACHE_TTL_SECS",
+        default_value_t = 5
+    )]
     pub key_cache_ttl_secs: u64,
     /// Most API keys kept in that cache.
-    #[arg(long, env = "KEY_CACHE_CAPACITY", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "KEY_CACHE_CAPACITY",
+        default_value_t = 10_000
+    )]
     pub key_cache_capacity: usize,
     /// Memory for users kept as GET by id sent them, in MiB, on SQLite: kept only while the
     /// database has not changed since they were read, so never stale. 0: off.
-    #[arg(long, env = "USER_CACHE_MIB", default_value_t = 4)]
+    #[arg(
+        help_heading = "Performance",
+        long,
+        env = "USER_CACHE_MIB",
+        default_value_t = 4
+    )]
     pub user_cache_mib: usize,
     /// Memory for pages kept as a listing sent them, by query string, in MiB, on SQLite; kept
     /// as users are. 0: off.
-    #[arg(long, env = "PAGE_CACHE_MIB", default_value_t = 8)]
+    #[arg(
+        help_heading = "Performance",
+        long,
+        env = "PAGE_CACHE_MIB",
+        default_value_t = 8
+    )]
     pub page_cache_mib: usize,
     /// How often API-key `last_used_at` times are written to the database, in seconds.
-    #[arg(long, env = "KEY_USAGE_FLUSH_SECS", default_value_t = 60)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "KEY_USAGE_FLUSH_SECS",
+        default_value_t = 60
+    )]
     pub key_usage_flush_secs: u64,
     /// Require `If-Match` on PUT, PATCH and DELETE of users (428 without it).
-    #[arg(long, env = "REQUIRE_IF_MATCH")]
+    #[arg(help_heading = "Authentication", long, env = "REQUIRE_IF_MATCH")]
     pub require_if_match: bool,
     /// How long an `Idempotency-Key` is remembered, in seconds.
-    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    #[arg(help_heading = "Authentication", long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
     pub idempotency_ttl_secs: u64,
     /// Requests per window per API key or token subject; 0 turns the limit off.
-    #[arg(long, env = "RATE_LIMIT", default_value_t = 1200)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "RATE_LIMIT",
+        default_value_t = 1200
+    )]
     pub rate_limit: u64,
     /// Requests per window per client IP without valid credentials; 0 turns the limit off.
-    #[arg(long, env = "RATE_LIMIT_ANONYMOUS", default_value_t = 120)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "RATE_LIMIT_ANONYMOUS",
+        default_value_t = 120
+    )]
     pub rate_limit_anonymous: u64,
     /// The rate-limit window, in seconds.
-    #[arg(long, env = "RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "RATE_LIMIT_WINDOW_SECS",
+        default_value_t = 60
+    )]
     pub rate_limit_window_secs: u64,
     /// How often this instance shares its rate-limit counts with the others, in milliseconds.
-    #[arg(long, env = "RATE_LIMIT_SYNC_MS", default_value_t = 500)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "RATE_LIMIT_SYNC_MS",
+        default_value_t = 500
+    )]
     pub rate_limit_sync_ms: u64,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
-    #[arg(long, env = "TRUST_FORWARDED_FOR")]
+    #[arg(help_heading = "Limits", long, env = "TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
     /// Longest time a request may take before it is answered with a 503, in seconds.
-    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "REQUEST_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
     pub request_timeout_secs: u64,
     /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`;
     /// repeat or comma-separate. None by default: CORS off.
     #[arg(
+        help_heading = "Limits",
         long = "cors-allow-origin",
         env = "CORS_ALLOW_ORIGINS",
         value_delimiter = ','
     )]
     pub cors_allow_origins: Vec<String>,
     /// If set, `GET /metrics` needs `Authorization: Bearer <this token>`.
-    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "METRICS_TOKEN",
+        hide_env_values = true
+    )]
     pub metrics_token: Option<String>,
     #[command(flatten)]
     pub oauth: OAuthArgs,
@@ -278,25 +359,35 @@ impl ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OAuthArgs {
     /// The `iss` tokens must carry, e.g. `https://idp.example.com/realms/main`.
-    #[arg(long, env = "OAUTH_ISSUER")]
+    #[arg(help_heading = "OAuth", long, env = "OAUTH_ISSUER")]
     pub oauth_issuer: Option<String>,
     /// The `aud` tokens must carry: this API's identifier at the identity provider.
-    #[arg(long, env = "OAUTH_AUDIENCE")]
+    #[arg(help_heading = "OAuth", long, env = "OAUTH_AUDIENCE")]
     pub oauth_audience: Option<String>,
     /// The identity provider's JWKS: an `https://` URL, or a path to a JWKS file.
-    #[arg(long, env = "OAUTH_JWKS_URL")]
+    #[arg(help_heading = "OAuth", long, env = "OAUTH_JWKS_URL")]
     pub oauth_jwks_url: Option<String>,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
-    #[arg(long, env = "OAUTH_LEEWAY_SECS", default_value_t = 30)]
+    #[arg(
+        help_heading = "OAuth",
+        long,
+        env = "OAUTH_LEEWAY_SECS",
+        default_value_t = 30
+    )]
     pub oauth_leeway_secs: u64,
     /// A token with an unknown `kid` reloads the JWKS at most this often, in seconds.
-    #[arg(long, env = "OAUTH_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    #[arg(
+        help_heading = "OAuth",
+        long,
+        env = "OAUTH_JWKS_MIN_REFRESH_SECS",
+        default_value_t = 30
+    )]
     pub oauth_jwks_min_refresh_secs: u64,
     /// The provider's authorization endpoint, shown in the live spec for Swagger UI's Authorize.
-    #[arg(long, env = "OAUTH_AUTHORIZATION_URL")]
+    #[arg(help_heading = "OAuth", long, env = "OAUTH_AUTHORIZATION_URL")]
     pub oauth_authorization_url: Option<String>,
     /// The provider's token endpoint, shown in the live spec for Swagger UI's Authorize.
-    #[arg(long, env = "OAUTH_TOKEN_URL")]
+    #[arg(help_heading = "OAuth", long, env = "OAUTH_TOKEN_URL")]
     pub oauth_token_url: Option<String>,
 }
 

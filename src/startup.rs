@@ -32,12 +32,38 @@ pub async fn open_for_command(db: &DbArgs) -> Result<(Store, Service), AppError>
     Ok((store, service))
 }
 
+/// Why the server cannot listen on `addr`, and what to change.
+fn cannot_listen(addr: std::net::SocketAddr, err: io::Error) -> io::Error {
+    let advice = match err.kind() {
+        io::ErrorKind::AddrInUse => {
+            "another process is listening there; stop it, or choose another address with \
+             --bind or BIND (port 0 picks a free one)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need privileges; choose another with --bind or BIND"
+        }
+        io::ErrorKind::AddrNotAvailable => {
+            "no network interface of this machine has that address; choose another with --bind \
+             or BIND"
+        }
+        _ => "choose another address with --bind or BIND",
+    };
+    io::Error::new(
+        err.kind(),
+        format!("cannot listen on {addr}: {err}; {advice}"),
+    )
+}
+
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to the grace
 /// period) before closing the database, so nothing acknowledged is lost.
 pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     let service_settings = args.service_settings()?;
     let db_settings = db.settings();
-    let acceptor = NoDelay(TcpListener::bind(args.bind).into_acceptor().await?);
+    let acceptor = TcpListener::bind(args.bind)
+        .into_acceptor()
+        .await
+        .map_err(|err| cannot_listen(args.bind, err))?;
+    let acceptor = NoDelay(acceptor);
     let addr = acceptor
         .local_addr()
         .first()

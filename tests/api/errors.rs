@@ -1,7 +1,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{TestDb, assert_problem, spawn_app, spawn_app_with};
 
 async fn post_raw(
     app: &crate::helpers::TestApp,
@@ -242,4 +242,44 @@ async fn request_ids_are_echoed_or_generated_and_in_problems() {
         "no credentials, no principal"
     );
     assert_eq!(line["client"], "127.0.0.1");
+}
+
+/// A server that cannot listen says on which address, and which setting changes it.
+#[test]
+fn a_busy_port_is_named_with_the_setting_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let db = TestDb::new();
+    let output = db.cli_output(&["serve", "--bind", &addr]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--bind or BIND"), "{stderr}");
+}
+
+/// `--help` groups the flags by concern, and `keys create --help` shows examples.
+#[test]
+fn help_groups_flags_by_concern_and_shows_examples() {
+    let db = TestDb::new();
+    let help = String::from_utf8(db.cli(&["--help"]).stdout).unwrap();
+    for heading in [
+        "Server:",
+        "Database:",
+        "Authentication:",
+        "OAuth:",
+        "Limits:",
+        "Logging:",
+        "Performance:",
+    ] {
+        assert!(help.contains(heading), "{heading} in {help}");
+    }
+    let keys = String::from_utf8(db.cli(&["keys", "create", "--help"]).stdout).unwrap();
+    assert!(keys.contains("Examples:"), "{keys}");
+    assert!(
+        keys.contains("users-api keys create --name me --scope admin"),
+        "{keys}"
+    );
 }
