@@ -12,7 +12,7 @@ use std::{
 use futures_util::FutureExt;
 use poem::{
     Endpoint, IntoResponse, Middleware, Request, Response,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header},
 };
 use poem_openapi::{
     OperationId,
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     State,
-    params::ParamRules,
+    params::{ParamFailure, ParamRules},
     problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem},
 };
 use crate::{domain::Subject, error::AppError, service::Decision};
@@ -169,6 +169,27 @@ fn plain_error_problem(response: &Response) -> Option<Problem> {
     ))
 }
 
+/// Every parameter the request got wrong, when `err` is the framework refusing one.
+fn parameter_failures(
+    err: &poem::Error,
+    method: &Method,
+    uri: &Uri,
+    params: &ParamRules,
+) -> Option<Vec<ParamFailure>> {
+    let refused = match (
+        err.downcast_ref::<ParseParamError>(),
+        err.downcast_ref::<ParsePathError>(),
+    ) {
+        (Some(param), _) => (param.name, param.reason.as_str()),
+        (None, Some(path)) => (path.name, path.reason.as_str()),
+        (None, None) => return None,
+    };
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    let failures = params.failures(method.as_str(), uri.path(), &query, refused);
+    (!failures.is_empty()).then_some(failures)
+}
+
 /// Renders what the endpoints below answer, errors and panics included, as responses: below
 /// CORS, so that CORS decorates problems too. A parameter the framework refused becomes a
 /// problem that names every bad parameter of the request (`params`).
@@ -186,33 +207,17 @@ pub async fn render_errors<E: Endpoint>(
     Ok(
         match AssertUnwindSafe(next.call(request)).catch_unwind().await {
             Ok(Ok(output)) => output.into_response(),
-            Ok(Err(err)) => {
-                let refused = match (
-                    err.downcast_ref::<ParseParamError>(),
-                    err.downcast_ref::<ParsePathError>(),
-                ) {
-                    (Some(param), _) => Some((param.name, param.reason.as_str())),
-                    (None, Some(path)) => Some((path.name, path.reason.as_str())),
-                    (None, None) => None,
-                };
-                let query = || -> Vec<(String, String)> {
-                    serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap_or_default()
-                };
-                let failures = refused
-                    .map(|refused| params.failures(method.as_str(), uri.path(), &query(), refused))
-                    .filter(|failures| !failures.is_empty());
-                match failures {
-                    Some(failures) => {
-                        let problem = Problem::bad_parameters(failures);
-                        let mut response = problem_response(problem, &request_id);
-                        if let Some(operation) = err.data::<OperationId>() {
-                            response.set_data(*operation);
-                        }
-                        response
+            Ok(Err(err)) => match parameter_failures(&err, &method, &uri, &params) {
+                Some(failures) => {
+                    let problem = Problem::bad_parameters(failures);
+                    let mut response = problem_response(problem, &request_id);
+                    if let Some(operation) = err.data::<OperationId>() {
+                        response.set_data(*operation);
                     }
-                    None => error_response(err, &request_id),
+                    response
                 }
-            }
+                None => error_response(err, &request_id),
+            },
             // The panic hook has printed the message; the client gets a plain 500.
             Err(_panic) => {
                 tracing::error!("request failed: a handler panicked");
