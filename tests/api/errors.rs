@@ -283,3 +283,29 @@ fn help_groups_flags_by_concern_and_shows_examples() {
         "{keys}"
     );
 }
+
+/// `keys` commands print their result and nothing else: no migration or log lines around the
+/// key, on a database they migrate first.
+#[test]
+fn keys_commands_print_their_result_and_nothing_else() {
+    let db = TestDb::new();
+    let created = db.cli_as_operator(&["keys", "create", "--name", "ops", "--scope", "admin"]);
+    let stdout = String::from_utf8_lossy(&created.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("Created API key 1 (ops)"), "{stdout}");
+    assert!(
+        lines[1].starts_with("uak_") && lines[1].len() == 44,
+        "{stdout}"
+    );
+    let listed = db.cli_as_operator(&["keys", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(stdout.lines().count(), 2, "a header and one key: {stdout}");
+    if matches!(crate::BACKEND, crate::helpers::Backend::Sqlite) {
+        // (PostgreSQL's server may add notices of its own, which the driver logs.)
+        let stderr =
+            |output: &std::process::Output| String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(stderr(&created), "");
+        assert_eq!(stderr(&listed), "");
+    }
+}

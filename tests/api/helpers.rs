@@ -118,6 +118,18 @@ impl TestDb {
         output
     }
 
+    /// Runs a CLI subcommand as an operator would, without the `RUST_LOG` the tests set; it
+    /// must succeed.
+    pub fn cli_as_operator(&self, args: &[&str]) -> Output {
+        let output = self
+            .cli_command(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run users-api");
+        assert!(output.status.success(), "users-api {args:?} failed");
+        output
+    }
+
     /// Runs a CLI subcommand against this database, whatever its outcome.
     pub fn cli_output(&self, args: &[&str]) -> Output {
         self.cli_command(args).output().expect("run users-api")
