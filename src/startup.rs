@@ -99,6 +99,12 @@ pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn Error>> 
 async fn bootstrap_admin_key(store: &Store, addr: SocketAddr) -> Result<(), AppError> {
     let service = Service::new(store.clone(), service::Settings::default()).await;
     if service.any_api_key().await? {
+        // The first key was shown once, at the first start; say how to make another.
+        tracing::info!(
+            "API keys exist, so none is created; a lost key cannot be shown again, but a new \
+             admin key can be made, beside the running server too: \
+             users-api keys create --name NAME --scope admin"
+        );
         return Ok(());
     }
     let bootstrap = NewApiKey {

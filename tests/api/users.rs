@@ -370,6 +370,12 @@ async fn data_survives_a_restart() {
     assert_eq!(next["id"], user["id"].as_i64().unwrap() + 1);
     // A restart on a database that has keys must not mint (or print) another one.
     assert!(!app.stdout().contains("uak_"));
+    // It says how to make a new admin key instead, for an operator who lost the first.
+    assert!(
+        app.logs()
+            .await
+            .contains("users-api keys create --name NAME --scope admin")
+    );
 }
 
 #[tokio::test]
