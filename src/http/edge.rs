@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{
     State,
-    params::{ParamFailure, ParamRules},
+    params::{ParamFailure, ParamRules, template_matches},
     problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem},
 };
 use crate::{domain::Subject, error::AppError, service::Decision};
@@ -441,13 +441,7 @@ impl AllowTable {
         let segments: Vec<&str> = path.split('/').collect();
         self.routes
             .iter()
-            .find(|(pattern, _)| {
-                pattern.len() == segments.len()
-                    && pattern
-                        .iter()
-                        .zip(&segments)
-                        .all(|(p, s)| p == s || (p.starts_with('{') && p.ends_with('}')))
-            })
+            .find(|(template, _)| template_matches(template, &segments))
             .map(|(_, methods)| methods.as_str())
     }
 }

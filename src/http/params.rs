@@ -165,13 +165,7 @@ impl ParamRules {
     ) -> Vec<ParamFailure> {
         let segments: Vec<&str> = path.split('/').collect();
         let Some(operation) = self.operations.iter().find(|operation| {
-            operation.method == method
-                && operation.segments.len() == segments.len()
-                && operation
-                    .segments
-                    .iter()
-                    .zip(&segments)
-                    .all(|(template, segment)| template.starts_with('{') || template == segment)
+            operation.method == method && template_matches(&operation.segments, &segments)
         }) else {
             return Vec::new();
         };
@@ -205,6 +199,15 @@ impl ParamRules {
         }
         failures
     }
+}
+
+/// Whether a path, split at `/`, fits a spec path template split the same way, in which `{…}`
+/// stands for any one segment.
+pub fn template_matches(template: &[String], segments: &[&str]) -> bool {
+    template.len() == segments.len()
+        && template.iter().zip(segments).all(|(part, segment)| {
+            part == segment || (part.starts_with('{') && part.ends_with('}'))
+        })
 }
 
 /// Whether `value` meets what `schema` states of it (its pattern aside).
