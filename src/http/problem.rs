@@ -178,6 +178,15 @@ impl Problem {
     }
 
     pub fn from_app_error(err: &AppError) -> Self {
+        // The listings' parameters, the only ones the layers below see, are in the query; they
+        // read like any other bad parameter.
+        if let AppError::BadParameter(param) = err {
+            return Self::bad_parameters(vec![ParamFailure {
+                location: ParamLocation::Query,
+                name: param.name.to_owned(),
+                message: param.message.clone(),
+            }]);
+        }
         let detail = match err {
             // The cause stays in the log; the client learns only that it was not its fault.
             AppError::Database(_) => INTERNAL_DETAIL.to_owned(),
@@ -190,19 +199,8 @@ impl Problem {
             AppError::Unavailable(_) => Some(1),
             _ => None,
         };
-        match err {
-            AppError::Validation(errors) => {
-                problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
-            }
-            // The listings' parameters, the only ones the layers below see, are in the query.
-            AppError::BadParameter(param) => {
-                problem.errors = Some(vec![ProblemFieldError::from(ParamFailure {
-                    location: ParamLocation::Query,
-                    name: param.name.to_owned(),
-                    message: param.message.clone(),
-                })]);
-            }
-            _ => {}
+        if let AppError::Validation(errors) = err {
+            problem.errors = Some(errors.iter().map(ProblemFieldError::from).collect());
         }
         problem
     }
