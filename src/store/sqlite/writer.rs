@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, TransactionTrait};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -148,13 +148,12 @@ async fn write_all(
     let creates_only = work
         .iter()
         .all(|(write, _)| matches!(write, UserWrite::Create(_, None)));
-    if creates_only && work.len() > 1 {
-        match users::insert_many(db, plain_creates(&work)).await {
-            Ok(models) => return Ok(models.into_iter().map(|m| Ok(Written::User(m))).collect()),
-            // Nothing was written: the creates go one by one below, the duplicate alone failing.
-            Err(err) if users::conflict(&err).is_some() => {}
-            Err(err) => return Err(err),
-        }
+    // On a duplicate email nothing was written, and the creates go one by one below.
+    if creates_only
+        && work.len() > 1
+        && let Some(outcomes) = insert_run(db, plain_creates(&work)).await?
+    {
+        return Ok(outcomes);
     }
     let txn = db.begin().await?;
     let mut outcomes = Vec::with_capacity(work.len());
@@ -187,6 +186,21 @@ fn plain_creates(work: &[(UserWrite, String)]) -> Vec<(NewUser, &str)> {
         .collect()
 }
 
+/// `users` in one multi-row INSERT: their outcomes, or `None` when it failed on the email's
+/// unique index, which leaves nothing of the statement behind.
+async fn insert_run(
+    db: &impl ConnectionTrait,
+    users: Vec<(NewUser, &str)>,
+) -> Result<Option<Vec<Result<Written, AppError>>>, DbErr> {
+    match users::insert_many(db, users).await {
+        Ok(models) => Ok(Some(
+            models.into_iter().map(|m| Ok(Written::User(m))).collect(),
+        )),
+        Err(err) if users::conflict(&err).is_some() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
 /// Consecutive plain creates of a batch in one multi-row INSERT, instead of a statement each:
 /// each statement is a trip to the connection's thread and back, and the trips, not SQLite's
 /// work, set how fast the writer goes. When the INSERT fails on the email's unique index it
@@ -201,10 +215,8 @@ async fn create_all(
             .iter()
             .map(|(user, actor)| (user.clone(), actor.as_str()))
             .collect();
-        match users::insert_many(txn, users).await {
-            Ok(models) => return Ok(models.into_iter().map(|m| Ok(Written::User(m))).collect()),
-            Err(err) if users::conflict(&err).is_some() => {}
-            Err(err) => return Err(err),
+        if let Some(outcomes) = insert_run(txn, users).await? {
+            return Ok(outcomes);
         }
     }
     let mut outcomes = Vec::with_capacity(run.len());
