@@ -24,10 +24,12 @@ pub fn init(format: LogFormat, default: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},sqlx=warn")));
     // Blocking rather than lossy: under a burst the request waits for room, and no line is lost.
+    // The writer thread flushes whenever it has emptied the queue, so through a buffer a line
+    // waits for nothing, and under load one write carries many lines instead of one each.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("log-writer")
-        .finish(io::stderr());
+        .finish(io::BufWriter::new(io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
