@@ -69,7 +69,7 @@ pub async fn keys(
         KeysCommand::List => {
             writeln!(
                 out,
-                "ID\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST USED\tREVOKED\tNAME"
+                "ID\tPREFIX\tSCOPES\tCREATED\tEXPIRES\tLAST USED*\tREVOKED\tNAME"
             )?;
             let when = |at: Option<chrono::DateTime<chrono::Utc>>| {
                 at.map_or("-".to_owned(), |at| at.to_rfc3339())
@@ -96,6 +96,11 @@ pub async fn keys(
                     None => break,
                 }
             }
+            writeln!(
+                out,
+                "* as running servers last recorded it: they write uses every \
+                 --key-usage-flush-secs (60 s by default) and when they stop"
+            )?;
         }
         KeysCommand::Revoke { id } => {
             let key = service.revoke_api_key_as_operator(id).await?;

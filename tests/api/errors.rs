@@ -300,7 +300,13 @@ fn keys_commands_print_their_result_and_nothing_else() {
     );
     let listed = db.cli_as_operator(&["keys", "list"]);
     let stdout = String::from_utf8_lossy(&listed.stdout);
-    assert_eq!(stdout.lines().count(), 2, "a header and one key: {stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "a header, one key and a note: {stdout}");
+    assert!(lines[0].contains("LAST USED*"), "{stdout}");
+    assert!(
+        lines[2].starts_with("* as running servers last recorded it"),
+        "how fresh LAST USED is: {stdout}"
+    );
     if matches!(crate::BACKEND, crate::helpers::Backend::Sqlite) {
         // (PostgreSQL's server may add notices of its own, which the driver logs.)
         let stderr =
