@@ -19,16 +19,30 @@ try {
   const page = await browser.newPage();
   await page.goto(`${base}/docs`);
 
+  // Users first: the main resource leads the page.
+  const firstTag = (await page.locator(".opblock-tag").first().innerText()).trim();
+  if (!firstTag.startsWith("Users")) {
+    throw new Error(`the first tag shown is ${firstTag}, expected Users`);
+  }
+
   await page.getByRole("button", { name: "Authorize" }).first().click();
-  // The dialog offers both schemes: the API key (http bearer) and OAuth2.
+  // The dialog offers both schemes, each a bearer token: the API key and an OAuth 2.0 JWT
+  // (with no identity provider's URLs configured, there are no flows to run).
   const dialog = page.locator(".dialog-ux");
-  await dialog.getByText("OAuth2 (OAuth2, clientCredentials)").waitFor();
-  await dialog.locator("#auth-bearer-value").fill(key);
-  await dialog.getByRole("button", { name: "Apply credentials" }).click();
+  const apiKey = dialog.locator(".auth-container").filter({ hasText: "ApiKey" });
+  await dialog.locator(".auth-container").filter({ hasText: "OAuth2" }).getByText("JWT").waitFor();
+  await apiKey.locator("input").fill(key);
+  await apiKey.getByRole("button", { name: "Apply credentials" }).click();
   await dialog.locator("button.btn-done").first().click();
 
   const operation = page.locator("#operations-Users-listUsers");
   await operation.locator(".opblock-summary").click();
+  // Each error status shows its own example: the 400 names a bad parameter of this operation.
+  const badRequest = operation.locator(".responses-table tr.response[data-code='400']");
+  const example = await badRequest.innerText();
+  if (!example.includes("Bad Request") || !example.includes("must be")) {
+    throw new Error(`listUsers' 400 shows no example of its own:\n${example}`);
+  }
   await operation.getByRole("button", { name: "Try it out" }).click();
   await operation.getByRole("button", { name: "Execute" }).click();
 

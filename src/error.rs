@@ -54,6 +54,16 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// A create or write that would give a second user the same email address.
+    pub fn email_taken() -> Self {
+        AppError::Conflict("another user already has this email address".into())
+    }
+
+    /// A key asked to revoke itself.
+    pub fn own_key_revoked() -> Self {
+        AppError::Conflict("a key cannot revoke itself; revoke it with another admin key".into())
+    }
+
     /// A stable slug naming the kind of problem; it becomes the problem `type`.
     pub fn kind(&self) -> &'static str {
         match self {

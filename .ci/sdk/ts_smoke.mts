@@ -1,5 +1,5 @@
 // Drives the live server through openapi-fetch typed by openapi-typescript's output for the
-// spec: create, read, list, conditional update, typed error. Usage: node ts_smoke.js BASE KEY
+// spec: create, read (optional fields included), list, conditional update, typed error. Usage: node ts_smoke.js BASE KEY
 import createClient from "openapi-fetch";
 import type { paths } from "./schema.js";
 
@@ -17,6 +17,11 @@ const id = created.data.id;
 const fetched = await client.GET("/api/v1/users/{id}", { params: { path: { id } } });
 check(fetched.data?.name === "Type Script", "get");
 const etag = fetched.response.headers.get("etag") ?? "";
+// Fields the server always sends are required in the spec: `string | null`, never undefined.
+check(fetched.data !== undefined, "get");
+const email: string | null = fetched.data.email;
+const createdBy: string | null = fetched.data.created_by;
+check(email === null && createdBy !== null, "optional fields");
 
 const page = await client.GET("/api/v1/users", { params: { query: { q: "script", limit: 200 } } });
 check(page.data?.items.length === 1 && page.data.items[0].id === id, "list");

@@ -97,12 +97,21 @@ fn client_ip(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
     request.remote_addr().as_socket_addr().map(|addr| addr.ip())
 }
 
-fn headers_too_large(headers: &HeaderMap) -> bool {
+fn too_many_header_bytes(headers: &HeaderMap) -> bool {
     let bytes: usize = headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
     headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES
+}
+
+/// The answer to a request whose headers exceed the limits.
+pub fn headers_too_large() -> Problem {
+    Problem::new(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers-too-large",
+        format!("send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"),
+    )
 }
 
 /// Health checks and metrics are for machines polling from few addresses: never limited.
@@ -324,13 +333,8 @@ impl<E: Endpoint> EdgeEndpoint<E> {
         slot: &RateLimitSlot,
     ) -> Response {
         let settings = &self.state.settings;
-        if headers_too_large(request.headers()) {
-            let problem = Problem::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers-too-large",
-                format!("send at most {MAX_HEADERS} headers totalling {MAX_HEADER_BYTES} bytes"),
-            );
-            return problem_response(problem, id);
+        if too_many_header_bytes(request.headers()) {
+            return problem_response(headers_too_large(), id);
         }
         // Without credentials the caller is known only by address; with them, the security
         // scheme counts the request against the principal (or, if they are bad, the address).

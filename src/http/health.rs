@@ -58,7 +58,7 @@ pub enum MetricsResponse {
 
 pub struct OperationsApi;
 
-#[OpenApi(tag = "ApiTags::Operations")]
+#[OpenApi(tag = "ApiTags::HealthAndMetrics")]
 impl OperationsApi {
     /// `/` sends people to the docs.
     #[oai(path = "/", method = "get", hidden)]

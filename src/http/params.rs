@@ -199,6 +199,22 @@ impl ParamRules {
         }
         failures
     }
+
+    /// A failure the operation at `method template` could report: its first path
+    /// parameter, else its first query parameter, sent wrong. `None` when it has neither.
+    pub fn example_failure(&self, method: &str, template: &str) -> Option<ParamFailure> {
+        let operation = self.operations.iter().find(|operation| {
+            operation.method == method && operation.segments.join("/") == template
+        })?;
+        let param = [ParamLocation::Path, ParamLocation::Query]
+            .into_iter()
+            .find_map(|location| operation.params.iter().find(|p| p.location == location))?;
+        Some(ParamFailure {
+            location: param.location,
+            name: param.name.clone(),
+            message: expected(&param.schema),
+        })
+    }
 }
 
 /// Whether a path, split at `/`, fits a spec path template split the same way, in which `{…}`

@@ -163,11 +163,20 @@ fn quoted_string_safe(text: &str) -> String {
         .collect()
 }
 
+/// A status's name as RFC 9110 gives it (the `http` crate still has RFC 7231's for 413 and 422).
+fn title(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "Content Too Large",
+        StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable Content",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
+}
+
 impl Problem {
     pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
         Self {
             problem_type: format!("urn:users-api:problem:{kind}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            title: title(status).to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
             request_id: None,
@@ -330,10 +339,16 @@ fn describe(status: u16) -> &'static str {
         429 => {
             "Too many requests for this caller (or, unauthenticated, this IP) in the current window. `Retry-After` says when to retry."
         }
-        503 => {
-            "A dependency (the identity provider's signing keys, the database) is briefly unavailable; retry later."
+        431 => {
+            "The request's headers are too large: more than 64 headers, or more than 16 KiB of them."
         }
-        _ => "The server failed; the body names the request id to report.",
+        500 => {
+            "The server failed; the cause is logged, never sent. Quote the body's `request_id` when reporting it."
+        }
+        503 => {
+            "A dependency (the identity provider's signing keys, the database) is briefly unavailable; retry after `Retry-After` seconds."
+        }
+        _ => "An error; the body says what went wrong.",
     }
 }
 

@@ -33,34 +33,67 @@ pub struct OAuthFlowUrls {
 const PLACEHOLDER_AUTHORIZATION_URL: &str = "https://identity-provider.invalid/authorize";
 const PLACEHOLDER_TOKEN_URL: &str = "https://identity-provider.invalid/token";
 
+/// Every scope, and what it allows.
+const SCOPES: [(Scope, &str); 3] = [
+    (Scope::UsersRead, "Read users"),
+    (
+        Scope::UsersWrite,
+        "Create, replace, update and delete users",
+    ),
+    (Scope::Admin, "Everything, including API-key management"),
+];
+
+const OAUTH_DESCRIPTION: &str = "An OAuth 2.0 access token (a JWT) from the identity provider \
+    this deployment trusts (`--oauth-issuer`), sent as `Authorization: Bearer <jwt>`. Scopes come \
+    from the `scope` or `scp` claim.";
+
+/// A flow of the derived spec; its placeholder URLs never reach a served document
+/// ([`describe_oauth`] replaces them).
 fn oauth_flow(authorization_url: Option<&'static str>) -> MetaOAuthFlow {
     MetaOAuthFlow {
         authorization_url,
         token_url: Some(PLACEHOLDER_TOKEN_URL),
         refresh_url: None,
-        scopes: [
-            (Scope::UsersRead, "Read users"),
-            (
-                Scope::UsersWrite,
-                "Create, replace, update and delete users",
-            ),
-            (Scope::Admin, "Everything, including API-key management"),
-        ]
-        .into_iter()
-        .map(|(scope, description)| MetaOAuthScope {
-            name: scope.as_str(),
-            description: Some(description),
-        })
-        .collect(),
+        scopes: SCOPES
+            .iter()
+            .map(|(scope, description)| MetaOAuthScope {
+                name: scope.as_str(),
+                description: Some(description),
+            })
+            .collect(),
     }
 }
 
-/// Puts the configured identity provider's endpoints into a spec document's OAuth2 flows.
-pub fn show_oauth_flows(spec: &mut Value, urls: &OAuthFlowUrls) {
-    let flows = &mut spec["components"]["securitySchemes"][OAUTH_SCHEME]["flows"];
-    flows["authorizationCode"]["authorizationUrl"] = json!(urls.authorization_url);
-    for flow in ["authorizationCode", "clientCredentials"] {
-        flows[flow]["tokenUrl"] = json!(urls.token_url);
+/// Makes a spec document's OAuth2 scheme say what this deployment does: with the identity
+/// provider's endpoints (`urls`), OAuth 2.0 flows a client (Swagger UI's Authorize) can run;
+/// without them, a bearer JWT obtained elsewhere, with no made-up URLs.
+pub fn describe_oauth(spec: &mut Value, urls: Option<&OAuthFlowUrls>) {
+    let scheme = &mut spec["components"]["securitySchemes"][OAUTH_SCHEME];
+    match urls {
+        Some(urls) => {
+            let flows = &mut scheme["flows"];
+            flows["authorizationCode"]["authorizationUrl"] = json!(urls.authorization_url);
+            for flow in ["authorizationCode", "clientCredentials"] {
+                flows[flow]["tokenUrl"] = json!(urls.token_url);
+            }
+        }
+        None => {
+            let scopes: Vec<String> = SCOPES
+                .iter()
+                .map(|(scope, what)| format!("`{scope}`: {what}"))
+                .collect();
+            *scheme = json!({
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": format!(
+                    "{OAUTH_DESCRIPTION} Scopes: {}. Get the token from the identity provider \
+                     (this document names no authorization URLs; a server started with \
+                     `--oauth-authorization-url` and `--oauth-token-url` shows its flows here).",
+                    scopes.join("; ")
+                ),
+            });
+        }
     }
 }
 
@@ -92,12 +125,7 @@ impl<'a> ApiExtractor<'a> for Auth {
             OAUTH_SCHEME,
             MetaSecurityScheme {
                 ty: "oauth2",
-                description: Some(
-                    "An OAuth 2.0 access token (a JWT) from the identity provider this deployment \
-                     trusts, sent as `Authorization: Bearer <jwt>`. Scopes come from the `scope` \
-                     or `scp` claim. A running server shows its provider's URLs here; the \
-                     committed spec has placeholders.",
-                ),
+                description: Some(OAUTH_DESCRIPTION),
                 name: None,
                 key_in: None,
                 scheme: None,

@@ -123,9 +123,7 @@ impl Service {
     pub async fn revoke_api_key(&self, principal: &Principal, id: i64) -> Result<(), AppError> {
         authorize(principal, Scope::Admin)?;
         if principal.subject == Subject::ApiKey(id) {
-            return Err(AppError::Conflict(
-                "a key cannot revoke itself; revoke it with another admin key".into(),
-            ));
+            return Err(AppError::own_key_revoked());
         }
         self.revoke_key(id, &principal.audit_name()).await.map(drop)
     }

@@ -143,9 +143,7 @@ fn not_found(id: i64) -> AppError {
 /// not a check before the write, is the arbiter, so concurrent writers cannot both pass.
 pub(super) fn conflict(err: &DbErr) -> Option<AppError> {
     match err.sql_err() {
-        Some(SqlErr::UniqueConstraintViolation(_)) => Some(AppError::Conflict(
-            "another user already has this email address".into(),
-        )),
+        Some(SqlErr::UniqueConstraintViolation(_)) => Some(AppError::email_taken()),
         _ => None,
     }
 }

@@ -7,17 +7,27 @@ use std::process::Command;
 
 use crate::helpers::spawn_app;
 
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
+}
+
 /// The shell blocks between the markers, in order.
 fn examples(readme: &str) -> Vec<String> {
     let start = readme
         .find("<!-- examples -->")
         .expect("the examples marker");
     let end = readme.find("<!-- /examples -->").expect("the end marker");
+    blocks(&readme[start..end], "sh")
+}
+
+/// The fenced blocks of `text` in `language`, in order.
+fn blocks(text: &str, language: &str) -> Vec<String> {
+    let fence = format!("```{language}");
     let mut blocks = Vec::new();
     let mut block: Option<String> = None;
-    for line in readme[start..end].lines() {
+    for line in text.lines() {
         match (&mut block, line.trim_end()) {
-            (None, "```sh") => block = Some(String::new()),
+            (None, line) if line == fence => block = Some(String::new()),
             (Some(_), "```") => blocks.extend(block.take()),
             (Some(text), line) => {
                 text.push_str(line);
@@ -32,9 +42,7 @@ fn examples(readme: &str) -> Vec<String> {
 #[tokio::test]
 async fn the_readme_examples_run_against_a_live_server() {
     let app = spawn_app().await;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let blocks = examples(&readme);
+    let blocks = examples(&readme());
     assert!(blocks.len() >= 5, "{} example blocks", blocks.len());
     let script = blocks
         .join("\n")
@@ -94,4 +102,30 @@ async fn the_readme_examples_run_against_a_live_server() {
 fn examples_are_found_in_order() {
     let text = "x\n<!-- examples -->\n```sh\na\n```\ntext\n```json\nno\n```\n```sh\nb\nc\n```\n<!-- /examples -->\n```sh\nz\n```\n";
     assert_eq!(examples(text), ["a\n", "b\nc\n"]);
+}
+
+/// The README's SDK examples are the programs CI type-checks (`mypy --strict`, `tsc --strict`)
+/// and runs against a live server, and the Rust client's doctest, which this suite compiles.
+#[test]
+fn the_sdk_examples_are_the_ones_ci_checks() {
+    let readme = readme();
+    let file = |path: &str| {
+        std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path)
+    };
+    assert_eq!(
+        blocks(&readme, "python"),
+        [file(".ci/sdk/readme_example.py")]
+    );
+    assert_eq!(blocks(&readme, "ts"), [file(".ci/sdk/readme_example.mts")]);
+    // The doctest without its `//! ` prefixes and hidden (`# `) lines.
+    let doc: String = file("openapi/rust-client/src/lib.rs")
+        .lines()
+        .filter_map(|line| line.strip_prefix("//!"))
+        .map(|line| line.strip_prefix(' ').unwrap_or(line))
+        .filter(|line| !line.starts_with("# "))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let doctest = blocks(&doc, "no_run");
+    assert_eq!(blocks(&readme, "rust"), doctest);
+    assert_eq!(doctest.len(), 1);
 }

@@ -120,9 +120,28 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
             "updateUser"
         ]
     );
+    // Without the identity provider's URLs, a bearer JWT: no made-up flow endpoints.
     let oauth = &spec["components"]["securitySchemes"]["OAuth2"];
-    assert_eq!(oauth["type"], "oauth2");
-    assert!(oauth["flows"]["clientCredentials"]["scopes"]["users:read"].is_string());
+    assert_eq!(oauth["type"], "http");
+    assert_eq!(oauth["scheme"], "bearer");
+    assert_eq!(oauth["bearerFormat"], "JWT");
+    assert!(
+        oauth["description"]
+            .as_str()
+            .unwrap()
+            .contains("`users:read`")
+    );
+    assert!(!printed(&[]).contains(".invalid"));
+    let tags: Vec<&str> = spec["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|tag| {
+            assert!(tag["description"].as_str().is_some_and(|d| !d.is_empty()));
+            tag["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(tags, ["Users", "API keys", "Health and metrics"]);
     let conditional = &spec["paths"]["/api/v1/users/{id}"];
     assert!(conditional["get"]["responses"]["304"].is_object());
     for method in ["put", "patch", "delete"] {
@@ -137,4 +156,113 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
     for field in ["id", "created_at", "updated_at", "created_by", "updated_by"] {
         assert_eq!(user[field]["readOnly"], true, "{field} is read-only");
     }
+}
+
+/// RFC 9110's (and RFC 6585's) name of each error status the spec documents.
+const TITLES: [(&str, &str); 14] = [
+    ("400", "Bad Request"),
+    ("401", "Unauthorized"),
+    ("403", "Forbidden"),
+    ("404", "Not Found"),
+    ("409", "Conflict"),
+    ("412", "Precondition Failed"),
+    ("413", "Content Too Large"),
+    ("415", "Unsupported Media Type"),
+    ("422", "Unprocessable Content"),
+    ("428", "Precondition Required"),
+    ("429", "Too Many Requests"),
+    ("431", "Request Header Fields Too Large"),
+    ("500", "Internal Server Error"),
+    ("503", "Service Unavailable"),
+];
+
+fn example<'a>(spec: &'a Value, path: &str, method: &str, status: &str) -> &'a Value {
+    &spec["paths"][path][method]["responses"][status]["content"]["application/problem+json"]["example"]
+}
+
+#[test]
+fn every_error_response_shows_a_problem_of_its_own_status() {
+    let spec: Value = serde_json::from_str(&printed(&[])).unwrap();
+    let mut shown = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                if status.as_str() < "400" {
+                    continue;
+                }
+                let title = TITLES.iter().find(|(s, _)| s == status).map(|(_, t)| *t);
+                let example = example(&spec, path, method, status);
+                assert_eq!(
+                    example["status"].as_u64().map(|s| s.to_string()),
+                    Some(status.clone()),
+                    "{method} {path} {status}"
+                );
+                assert_eq!(example["title"].as_str(), title, "{method} {path} {status}");
+                assert!(
+                    example["type"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("urn:users-api:problem:")
+                );
+                assert!(!example["detail"].as_str().unwrap().is_empty());
+                assert!(!response["description"].as_str().unwrap().is_empty());
+                shown += 1;
+            }
+        }
+    }
+    assert!(shown > 80, "{shown} examples");
+    // A bad parameter is the operation's own.
+    let by_id = &example(&spec, "/api/v1/users/{id}", "get", "400")["errors"][0];
+    assert_eq!(
+        (&by_id["in"], &by_id["name"]),
+        (&"path".into(), &"id".into())
+    );
+    let listing = &example(&spec, "/api/v1/users", "get", "400")["errors"][0];
+    assert_eq!(listing["in"], "query");
+    assert_eq!(
+        example(&spec, "/api/v1/api-keys/{id}", "delete", "403")["detail"],
+        "this operation needs the `admin` scope"
+    );
+}
+
+/// The examples are what the server answers: the same body but for the request id.
+#[tokio::test]
+async fn error_examples_are_what_the_server_answers() {
+    let app = spawn_app().await;
+    let spec: Value = serde_json::from_str(&printed(&[])).unwrap();
+    let cases = [
+        ("/api/v1/users/{id}", "/api/v1/users/abc", "400", true),
+        ("/api/v1/users/{id}", "/api/v1/users/42", "404", true),
+        ("/api/v1/users/{id}", "/api/v1/users/42", "401", false),
+        ("/api/v1/api-keys/{id}", "/api/v1/api-keys/42", "404", true),
+    ];
+    for (template, path, status, with_key) in cases {
+        let request = app.client.get(app.url(path));
+        let request = if with_key {
+            request.bearer_auth(&app.key)
+        } else {
+            request
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_str(), status, "{path}");
+        let mut answered: Value = response.json().await.unwrap();
+        let mut shown = example(&spec, template, "get", status).clone();
+        for body in [&mut answered, &mut shown] {
+            body.as_object_mut().unwrap().remove("request_id");
+        }
+        assert_eq!(answered, shown, "GET {path}");
+    }
+    let huge = "x".repeat(17 * 1024);
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-filler", huge)
+        .send()
+        .await
+        .unwrap();
+    let mut answered: Value = response.json().await.unwrap();
+    answered.as_object_mut().unwrap().remove("request_id");
+    let mut shown = example(&spec, "/health/live", "get", "431").clone();
+    shown.as_object_mut().unwrap().remove("request_id");
+    assert_eq!(answered, shown);
 }
