@@ -20,8 +20,6 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
-    #[command(flatten)]
-    pub db: DbArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
     /// Settings for `serve`, which also runs when no subcommand is given.
@@ -90,11 +88,14 @@ fn parse_expiry(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     NewApiKey::parse_expiry(raw, chrono::Utc::now())
 }
 
-/// Settings every command that touches the database shares; accepted before or after the
-/// subcommand.
+/// Settings every command that touches the database shares; global, so given after any
+/// subcommand (`users-api keys list --database-url …`).
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
-    /// Database URL: `sqlite://PATH` (the file is created if missing) or `postgres://…`.
+    /// Database URL: `sqlite://PATH` or `postgres://…`.
+    ///
+    /// A SQLite file is created if missing. PostgreSQL is for running several instances
+    /// against one database; the same migrations run on both.
     #[arg(
         help_heading = "Database",
         long,
@@ -103,11 +104,9 @@ pub struct DbArgs {
         default_value = "sqlite://users.db"
     )]
     pub database_url: String,
-    /// Log format: `pretty` for people, `json` for log collectors.
-    #[arg(help_heading = "Logging", long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
-    pub log_format: LogFormatArg,
-    /// Most connections this process keeps open to the database (on SQLite, plus the one user
-    /// writes go through).
+    /// Most connections this process keeps open to the database.
+    ///
+    /// On SQLite, user writes go through one more connection of their own.
     #[arg(
         help_heading = "Database",
         long,
@@ -116,7 +115,7 @@ pub struct DbArgs {
         default_value_t = 8
     )]
     pub db_max_connections: u32,
-    /// How long a request waits for a free (or new) connection before it gets a 503, in seconds.
+    /// Seconds a request waits for a free connection before it gets a 503.
     #[arg(
         help_heading = "Database",
         long,
@@ -125,7 +124,7 @@ pub struct DbArgs {
         default_value_t = 5
     )]
     pub db_acquire_timeout_secs: u64,
-    /// PostgreSQL aborts any statement running longer than this, in seconds (0: no limit).
+    /// Seconds after which PostgreSQL aborts a statement (0: no limit).
     #[arg(
         help_heading = "Database",
         long,
@@ -134,20 +133,13 @@ pub struct DbArgs {
         default_value_t = 30
     )]
     pub db_statement_timeout_secs: u64,
-    /// SQLite durability: `normal` keeps every acknowledged write through a crash of the
-    /// process (kill -9); `full` also through power loss, at a cost in write throughput.
+    /// SQLite durability: `normal` survives a crash of the process, `full` also power loss.
+    ///
+    /// With `normal`, every acknowledged write survives kill -9; `full` also survives the
+    /// machine losing power, at a cost in write throughput.
     #[arg(help_heading = "Database", long, global = true, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Normal)]
     pub sqlite_synchronous: SqliteSync,
-    /// How much the SQLite write-ahead log may hold, in MiB, before it is started over (writes
-    /// wait a few ms for that) and its file cut back to this size. 0 leaves checkpoints to
-    /// SQLite, which runs them inside whichever commit crosses 1,000 pages.
-    #[arg(help_heading = "Performance", long, global = true, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=4096))]
-    pub sqlite_wal_limit_mib: u32,
-    /// Commit concurrent user writes on SQLite together, a transaction for up to 64 of them
-    /// (each answered after that commit); `false` gives each its own transaction.
-    #[arg(help_heading = "Performance", long, global = true, env = "SQLITE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
-    pub sqlite_group_commit: bool,
-    /// At start, how long to keep retrying a database that is not up yet, in seconds.
+    /// Seconds to keep retrying, at start, a database that is not up yet.
     #[arg(
         help_heading = "Database",
         long,
@@ -159,6 +151,7 @@ pub struct DbArgs {
 }
 
 impl DbArgs {
+    /// The settings for a command run by the operator; `serve` adds its own for SQLite.
     pub fn settings(&self) -> DbSettings {
         DbSettings {
             url: self.database_url.clone(),
@@ -169,13 +162,28 @@ impl DbArgs {
             startup_wait: Duration::from_secs(self.db_startup_wait_secs),
             sqlite: SqliteSettings {
                 sync_full: self.sqlite_synchronous == SqliteSync::Full,
-                wal_limit_bytes: u64::from(self.sqlite_wal_limit_mib) << 20,
-                group_commit: self.sqlite_group_commit,
+                wal_limit_bytes: u64::from(DEFAULT_WAL_LIMIT_MIB) << 20,
+                group_commit: true,
             },
         }
     }
+}
 
-    pub fn log_format(&self) -> LogFormat {
+const DEFAULT_WAL_LIMIT_MIB: u32 = 64;
+
+/// How every command logs.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format: `pretty` for people, `json` for log collectors.
+    ///
+    /// `RUST_LOG` sets what is logged (e.g. `RUST_LOG=debug`); by default a server logs a
+    /// line per request, and the other commands only warnings.
+    #[arg(help_heading = "Logging", long, global = true, env = "LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Pretty)]
+    pub log_format: LogFormatArg,
+}
+
+impl LogArgs {
+    pub fn format(&self) -> LogFormat {
         match self.log_format {
             LogFormatArg::Pretty => LogFormat::Pretty,
             LogFormatArg::Json => LogFormat::Json,
@@ -183,9 +191,12 @@ impl DbArgs {
     }
 }
 
+/// Everything `serve` takes, grouped for `--help` in the order a deployment decides them.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port (the log line `listening` names it).
+    /// Address to listen on; port 0 picks a free port.
+    ///
+    /// The start-up log line `listening` names the address, so a free port is easy to find.
     #[arg(
         help_heading = "Server",
         long,
@@ -193,14 +204,13 @@ pub struct ServeArgs {
         default_value = "127.0.0.1:5000"
     )]
     pub bind: SocketAddr,
-    /// Threads that serve requests; one per core if not given (the log line `listening` says
-    /// how many). Fewer leave cores to other busy processes on the machine.
+    /// Threads that serve requests; one per core if not given.
+    ///
+    /// The start-up log line `listening` says how many. Fewer leave cores to other busy
+    /// processes on the machine (a database, a load generator).
     #[arg(help_heading = "Server", long, env = "WORKER_THREADS")]
     pub worker_threads: Option<NonZeroUsize>,
-    /// Largest request body accepted, in bytes; larger ones get 413.
-    #[arg(help_heading = "Limits", long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    pub max_body_bytes: usize,
-    /// On SIGINT/SIGTERM, how long in-flight requests may take to finish, in seconds.
+    /// Seconds in-flight requests may take to finish after SIGINT or SIGTERM.
     #[arg(
         help_heading = "Server",
         long,
@@ -208,8 +218,12 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub shutdown_grace_secs: u64,
-    /// How long a verified API key is trusted without asking the database again, in seconds:
-    /// the bound on honouring a revocation made elsewhere (another instance, the CLI). 0: off.
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Seconds a verified API key is trusted without asking the database again (0: off).
+    ///
+    /// This bounds how long a revocation made elsewhere (another instance, the CLI) takes to
+    /// apply here; one made through this instance applies at once.
     #[arg(
         help_heading = "Authentication",
         long,
@@ -225,25 +239,7 @@ pub struct ServeArgs {
         default_value_t = 10_000
     )]
     pub key_cache_capacity: usize,
-    /// Memory for users kept as GET by id sent them, in MiB, on SQLite: kept only while the
-    /// database has not changed since they were read, so never stale. 0: off.
-    #[arg(
-        help_heading = "Performance",
-        long,
-        env = "USER_CACHE_MIB",
-        default_value_t = 4
-    )]
-    pub user_cache_mib: usize,
-    /// Memory for pages kept as a listing sent them, by query string, in MiB, on SQLite; kept
-    /// as users are. 0: off.
-    #[arg(
-        help_heading = "Performance",
-        long,
-        env = "PAGE_CACHE_MIB",
-        default_value_t = 8
-    )]
-    pub page_cache_mib: usize,
-    /// How often API-key `last_used_at` times are written to the database, in seconds.
+    /// Seconds between writes of the keys' `last_used_at` to the database.
     #[arg(
         help_heading = "Authentication",
         long,
@@ -254,10 +250,23 @@ pub struct ServeArgs {
     /// Require `If-Match` on PUT, PATCH and DELETE of users (428 without it).
     #[arg(help_heading = "Authentication", long, env = "REQUIRE_IF_MATCH")]
     pub require_if_match: bool,
-    /// How long an `Idempotency-Key` is remembered, in seconds.
+    /// Seconds an `Idempotency-Key` is remembered.
     #[arg(help_heading = "Authentication", long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
     pub idempotency_ttl_secs: u64,
-    /// Requests per window per API key or token subject; 0 turns the limit off.
+    /// If set, `GET /metrics` needs `Authorization: Bearer <this token>`.
+    #[arg(
+        help_heading = "Authentication",
+        long,
+        env = "METRICS_TOKEN",
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+    #[command(flatten)]
+    pub oauth: OAuthArgs,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    #[arg(help_heading = "Limits", long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests per window per API key or token subject (0: no limit).
     #[arg(
         help_heading = "Limits",
         long,
@@ -265,7 +274,7 @@ pub struct ServeArgs {
         default_value_t = 1200
     )]
     pub rate_limit: u64,
-    /// Requests per window per client IP without valid credentials; 0 turns the limit off.
+    /// Requests per window per client address without valid credentials (0: no limit).
     #[arg(
         help_heading = "Limits",
         long,
@@ -281,7 +290,7 @@ pub struct ServeArgs {
         default_value_t = 60
     )]
     pub rate_limit_window_secs: u64,
-    /// How often this instance shares its rate-limit counts with the others, in milliseconds.
+    /// Milliseconds between shares of this instance's rate-limit counts with the others.
     #[arg(
         help_heading = "Limits",
         long,
@@ -292,7 +301,7 @@ pub struct ServeArgs {
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     #[arg(help_heading = "Limits", long, env = "TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
-    /// Longest time a request may take before it is answered with a 503, in seconds.
+    /// Seconds a request may take before it is answered with a 503.
     #[arg(
         help_heading = "Limits",
         long,
@@ -300,8 +309,10 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub request_timeout_secs: u64,
-    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`;
-    /// repeat or comma-separate. None by default: CORS off.
+    /// Browser origins allowed to call the API (CORS); none by default.
+    ///
+    /// E.g. `https://app.example.com`; repeat the flag or separate origins with commas.
+    /// Without any, CORS is off and browsers refuse cross-origin calls.
     #[arg(
         help_heading = "Limits",
         long = "cors-allow-origin",
@@ -309,19 +320,53 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_allow_origins: Vec<String>,
-    /// If set, `GET /metrics` needs `Authorization: Bearer <this token>`.
-    #[arg(
-        help_heading = "Authentication",
-        long,
-        env = "METRICS_TOKEN",
-        hide_env_values = true
-    )]
-    pub metrics_token: Option<String>,
     #[command(flatten)]
-    pub oauth: OAuthArgs,
+    pub log: LogArgs,
+    /// MiB for users kept as GET by id sent them, on SQLite (0: off).
+    ///
+    /// A kept user is sent only while nothing was committed to the database since it was
+    /// read, so it is never stale.
+    #[arg(
+        help_heading = "Performance",
+        long,
+        env = "USER_CACHE_MIB",
+        default_value_t = 4
+    )]
+    pub user_cache_mib: usize,
+    /// MiB for pages kept as a listing sent them, on SQLite (0: off).
+    ///
+    /// Kept by query string, and sent only while nothing was committed since, as users are.
+    #[arg(
+        help_heading = "Performance",
+        long,
+        env = "PAGE_CACHE_MIB",
+        default_value_t = 8
+    )]
+    pub page_cache_mib: usize,
+    /// MiB the SQLite write-ahead log may hold before it is started over (0: SQLite decides).
+    ///
+    /// Past the limit, writes wait a few ms while the log is started over and its file cut
+    /// back to this size. With 0, SQLite runs its checkpoints inside whichever commit crosses
+    /// 1,000 pages.
+    #[arg(help_heading = "Performance", long, env = "SQLITE_WAL_LIMIT_MIB", default_value_t = DEFAULT_WAL_LIMIT_MIB, value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub sqlite_wal_limit_mib: u32,
+    /// Commit concurrent user writes on SQLite together (`false`: one transaction each).
+    ///
+    /// Up to 64 writes share a transaction, and each is answered after that commit, so an
+    /// acknowledged write is as durable as one committed alone.
+    #[arg(help_heading = "Performance", long, env = "SQLITE_GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub sqlite_group_commit: bool,
 }
 
 impl ServeArgs {
+    /// The database settings, SQLite's write path included.
+    pub fn db_settings(&self) -> DbSettings {
+        let mut settings = self.db.settings();
+        settings.sqlite.wal_limit_bytes = u64::from(self.sqlite_wal_limit_mib) << 20;
+        settings.sqlite.group_commit = self.sqlite_group_commit;
+        settings
+    }
+
     /// The service's settings; an error for a half-configured identity provider.
     pub fn service_settings(&self) -> Result<service::Settings, String> {
         Ok(service::Settings {

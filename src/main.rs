@@ -23,7 +23,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Cli) -> ExitCode {
-    let Cli { db, command, serve } = args;
+    let Cli { command, serve } = args;
     let mut log_guard = None;
     let outcome: Result<(), Box<dyn std::error::Error>> = async {
         let (command, serve) = match command {
@@ -35,17 +35,19 @@ async fn run(args: Cli) -> ExitCode {
         };
         // A server tells what it does; a command prints its result and only warnings besides.
         let default_filter = if command.is_none() { "info" } else { "warn" };
-        log_guard = Some(telemetry::init(db.log_format(), default_filter));
+        log_guard = Some(telemetry::init(serve.log.format(), default_filter));
+        // The database flags are global: given before or after a subcommand, they are here.
+        let db = &serve.db;
         match command {
-            None => startup::serve(&db, &serve).await,
+            None => startup::serve(&serve).await,
             Some(Command::Migrate) => {
-                let (store, _) = startup::open_for_command(&db).await?;
+                let (store, _) = startup::open_for_command(db).await?;
                 store.close().await?;
                 tracing::info!("migrations applied");
                 Ok(())
             }
             Some(Command::Keys { command }) => {
-                let (store, service) = startup::open_for_command(&db).await?;
+                let (store, service) = startup::open_for_command(db).await?;
                 let printed = cli::keys(&service, command, &mut std::io::stdout().lock()).await;
                 store.close().await?;
                 Ok(printed?)

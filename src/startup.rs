@@ -56,9 +56,9 @@ fn cannot_listen(addr: std::net::SocketAddr, err: io::Error) -> io::Error {
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish (up to the grace
 /// period) before closing the database, so nothing acknowledged is lost.
-pub async fn serve(db: &DbArgs, args: &ServeArgs) -> Result<(), Box<dyn Error>> {
+pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     let service_settings = args.service_settings()?;
-    let db_settings = db.settings();
+    let db_settings = args.db_settings();
     let acceptor = TcpListener::bind(args.bind)
         .into_acceptor()
         .await

@@ -260,12 +260,13 @@ fn a_busy_port_is_named_with_the_setting_to_change() {
     assert!(stderr.contains("--bind or BIND"), "{stderr}");
 }
 
-/// `--help` groups the flags by concern, and `keys create --help` shows examples.
+/// `-h` groups the flags by concern, in the order a deployment decides them, one line each;
+/// `--help` adds the details; `keys create --help` shows its own flags first, and examples.
 #[test]
 fn help_groups_flags_by_concern_and_shows_examples() {
     let db = TestDb::new();
-    let help = String::from_utf8(db.cli(&["--help"]).stdout).unwrap();
-    for heading in [
+    let help = |args: &[&str]| String::from_utf8(db.cli(args).stdout).unwrap();
+    let headings = [
         "Server:",
         "Database:",
         "Authentication:",
@@ -273,14 +274,42 @@ fn help_groups_flags_by_concern_and_shows_examples() {
         "Limits:",
         "Logging:",
         "Performance:",
-    ] {
-        assert!(help.contains(heading), "{heading} in {help}");
+    ];
+    for args in [&["-h"][..], &["serve", "-h"], &["--help"]] {
+        let text = help(args);
+        let at: Vec<usize> = headings
+            .iter()
+            .map(|heading| text.find(&format!("\n{heading}\n")).expect(heading))
+            .collect();
+        assert!(at.is_sorted(), "headings in order in {args:?}: {text}");
     }
-    let keys = String::from_utf8(db.cli(&["keys", "create", "--help"]).stdout).unwrap();
+    // One line each: a flag's help is its line, with its env var; details only in --help.
+    let short = help(&["serve", "-h"]);
+    let line = |text: &str, flag: &str| {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines.iter().position(|l| l.contains(flag)).expect(flag);
+        lines[at + 1..]
+            .iter()
+            .take_while(|l| !l.trim_start().starts_with("--") && !l.trim().is_empty())
+            .map(|l| l.trim().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let wal = line(&short, "--sqlite-wal-limit-mib");
+    assert_eq!(wal.len(), 1, "{wal:?}");
+    assert!(wal[0].contains("[env: SQLITE_WAL_LIMIT_MIB=]"), "{wal:?}");
+    let long = help(&["serve", "--help"]);
+    assert!(long.contains("1,000 pages"), "details in --help: {long}");
+    assert!(!short.contains("1,000 pages"), "no details in -h: {short}");
+
+    let keys = help(&["keys", "create", "--help"]);
     assert!(keys.contains("Examples:"), "{keys}");
     assert!(
         keys.contains("users-api keys create --name me --scope admin"),
         "{keys}"
+    );
+    assert!(
+        keys.find("--name").unwrap() < keys.find("--database-url").unwrap(),
+        "the command's own flags come first: {keys}"
     );
 }
 
