@@ -84,6 +84,43 @@ pub enum KeysCommand {
     },
 }
 
+/// A browser origin as browsers send it: `http` or `https`, a host, maybe a port; nothing
+/// else (a path, `*`, `null`) could ever equal an `Origin` header.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    let wrong = |why: &str| {
+        format!(
+            "`{raw}` is not an origin ({why}); write it as scheme://host[:port], e.g. https://app.example.com"
+        )
+    };
+    let uri: poem::http::Uri = raw.parse().map_err(|_| wrong("unreadable"))?;
+    let scheme = uri.scheme_str().ok_or_else(|| wrong("no scheme"))?;
+    if !matches!(scheme, "http" | "https") {
+        return Err(wrong("the scheme must be http or https"));
+    }
+    let authority = uri.authority().ok_or_else(|| wrong("no host"))?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(wrong("no host"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(wrong("an origin has no path"));
+    }
+    Ok(format!(
+        "{scheme}://{}",
+        authority.as_str().to_ascii_lowercase()
+    ))
+}
+
+/// A proxy's address (one host) or a CIDR block.
+fn parse_proxy(raw: &str) -> Result<ipnet::IpNet, String> {
+    let raw = raw.trim();
+    raw.parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("`{raw}` is neither an IP address nor a CIDR block such as 10.0.0.0/8")
+        })
+}
+
 fn parse_expiry(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     NewApiKey::parse_expiry(raw, chrono::Utc::now())
 }
@@ -298,9 +335,25 @@ pub struct ServeArgs {
         default_value_t = 500
     )]
     pub rate_limit_sync_ms: u64,
-    /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
+    /// Behind one proxy: the client is the right-most `X-Forwarded-For` address.
+    ///
+    /// Only behind a proxy that appends the address it received the request from (nginx:
+    /// `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`); the rest of the header
+    /// is the client's to write, and is ignored.
     #[arg(help_heading = "Limits", long, env = "TRUST_FORWARDED_FOR")]
     pub trust_forwarded_for: bool,
+    /// Behind several proxies: their addresses or CIDR blocks, comma-separated.
+    ///
+    /// The client is the right-most address, of the peer and the `X-Forwarded-For` hops, that
+    /// is not one of these (e.g. `10.0.0.0/8,192.168.1.7`). Implies reading the header.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = parse_proxy
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Seconds a request may take before it is answered with a 503.
     #[arg(
         help_heading = "Limits",
@@ -317,7 +370,8 @@ pub struct ServeArgs {
         help_heading = "Limits",
         long = "cors-allow-origin",
         env = "CORS_ALLOW_ORIGINS",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_origin
     )]
     pub cors_allow_origins: Vec<String>,
     #[command(flatten)]
@@ -390,7 +444,13 @@ impl ServeArgs {
         http::Settings {
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs.max(1)),
-            trust_forwarded_for: self.trust_forwarded_for,
+            forwarded: if !self.trusted_proxies.is_empty() {
+                http::Forwarded::TrustedProxies(self.trusted_proxies.clone())
+            } else if self.trust_forwarded_for {
+                http::Forwarded::LastHop
+            } else {
+                http::Forwarded::Ignore
+            },
             metrics_token: self.metrics_token.clone().filter(|t| !t.is_empty()),
             cors_allow_origins: self.cors_allow_origins.clone(),
             user_cache_bytes: self.user_cache_mib * MIB,

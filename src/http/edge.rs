@@ -25,6 +25,7 @@ use super::{
     State,
     params::{ParamFailure, ParamRules, template_matches},
     problem::{INTERNAL_DETAIL, PROBLEM_JSON, Problem},
+    security::bearer_token,
 };
 use crate::{domain::Subject, error::AppError, service::Decision};
 
@@ -35,8 +36,8 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct RequestContext {
     /// The id the request is known by, in its log lines and its problem.
     pub id: Arc<str>,
-    /// Where the request came from: the peer, or with `--trust-forwarded-for` the first
-    /// `X-Forwarded-For` hop.
+    /// Where the request came from: the peer, or the address a trusted proxy names
+    /// ([`Forwarded`]).
     pub client_ip: Option<IpAddr>,
     /// Filled by whoever counts the request against a rate limit; read to set `RateLimit-*`.
     pub rate_limit: RateLimitSlot,
@@ -83,18 +84,58 @@ fn request_id(request: &Request) -> Arc<str> {
     }
 }
 
-fn client_ip(request: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
-    if trust_forwarded_for
-        && let Some(ip) = request
+/// Whose word on the client's address to take: a proxy in front appends the address it
+/// received the request from to `X-Forwarded-For`; everything left of that is the client's
+/// own say.
+#[derive(Debug, Clone, Default)]
+pub enum Forwarded {
+    /// The peer's address; the header is ignored.
+    #[default]
+    Ignore,
+    /// One proxy in front: the right-most address of the header.
+    LastHop,
+    /// Proxies at these addresses: the right-most address, the peer's included, not among them.
+    TrustedProxies(Vec<ipnet::IpNet>),
+}
+
+/// The client's address, by `forwarded`; an IPv4 address in IPv6 form (`::ffff:1.2.3.4`) as
+/// IPv4, so that one client is one address.
+fn client_ip(request: &Request, forwarded: &Forwarded) -> Option<IpAddr> {
+    let peer = request
+        .remote_addr()
+        .as_socket_addr()
+        .map(|addr| addr.ip().to_canonical());
+    let hops = || {
+        request
             .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return Some(ip);
+            .get_all("x-forwarded-for")
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or_default().split(','))
+            .map(|hop| {
+                hop.trim()
+                    .parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| ip.to_canonical())
+            })
+    };
+    match forwarded {
+        Forwarded::Ignore => peer,
+        // A proxy writes a valid address; anything else was not written by one.
+        Forwarded::LastHop => hops().next_back().flatten().or(peer),
+        Forwarded::TrustedProxies(proxies) => {
+            let trusted = |ip: &IpAddr| proxies.iter().any(|net| net.contains(ip));
+            let mut nearest = peer;
+            for hop in std::iter::once(peer).chain(hops().rev()) {
+                match hop {
+                    Some(ip) if trusted(&ip) => nearest = Some(ip),
+                    Some(ip) => return Some(ip),
+                    // Unreadable: what a trusted proxy received from, which is all we know.
+                    None => return nearest,
+                }
+            }
+            nearest
+        }
     }
-    request.remote_addr().as_socket_addr().map(|addr| addr.ip())
 }
 
 fn too_many_header_bytes(headers: &HeaderMap) -> bool {
@@ -115,8 +156,9 @@ pub fn headers_too_large() -> Problem {
 }
 
 /// Health checks and metrics are for machines polling from few addresses: never limited.
+/// Exactly these paths: `/health/../api/v1/users` is not a health check.
 fn exempt_from_limits(path: &str) -> bool {
-    path.starts_with("/health/") || path == "/metrics"
+    matches!(path, "/health/live" | "/health/ready" | "/metrics")
 }
 
 /// A label for requests no operation claimed.
@@ -273,7 +315,8 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let authenticated = request.headers().contains_key(header::AUTHORIZATION);
-        let ip = client_ip(&request, self.state.settings.trust_forwarded_for);
+        let bearer = bearer_token(request.headers()).is_some();
+        let ip = client_ip(&request, &self.state.settings.forwarded);
         let slot = RateLimitSlot::default();
         let caller = Arc::new(OnceLock::new());
         request.extensions_mut().insert(RequestContext {
@@ -286,9 +329,7 @@ impl<E: Endpoint> Endpoint for EdgeEndpoint<E> {
         let span = tracing::info_span!("request", request_id = &*id);
         async move {
             let started = Instant::now();
-            let mut response = self
-                .answer(request, &id, &path, authenticated, ip, &slot)
-                .await;
+            let mut response = self.answer(request, &id, &path, bearer, ip, &slot).await;
             if let Some(problem) = plain_error_problem(&response) {
                 response = problem_response(problem, &id);
             }
@@ -328,7 +369,7 @@ impl<E: Endpoint> EdgeEndpoint<E> {
         request: Request,
         id: &str,
         path: &str,
-        authenticated: bool,
+        bearer: bool,
         ip: Option<IpAddr>,
         slot: &RateLimitSlot,
     ) -> Response {
@@ -336,9 +377,10 @@ impl<E: Endpoint> EdgeEndpoint<E> {
         if too_many_header_bytes(request.headers()) {
             return problem_response(headers_too_large(), id);
         }
-        // Without credentials the caller is known only by address; with them, the security
-        // scheme counts the request against the principal (or, if they are bad, the address).
-        if !authenticated
+        // Without bearer credentials (none, or another scheme) the caller is known only by
+        // address; with them, the security scheme counts the request against the principal
+        // (or, if they are bad, the address).
+        if !bearer
             && !exempt_from_limits(path)
             && let Some(ip) = ip
             && let Some(decision) = self
@@ -394,6 +436,26 @@ impl<E: Endpoint> EdgeEndpoint<E> {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
+        if !self.state.settings.cors_allow_origins.is_empty() {
+            // With CORS on, what an answer says depends on `Origin`: a shared cache must not
+            // give one origin's answer (or an answer without CORS headers) to another.
+            let vary = headers
+                .get(header::VARY)
+                .and_then(|value| value.to_str().ok())
+                .filter(|vary| !vary.is_empty())
+                .map_or(HeaderValue::from_static("Origin"), |vary| {
+                    let already = vary
+                        .split(',')
+                        .any(|name| name.trim().eq_ignore_ascii_case("origin"));
+                    if already {
+                        HeaderValue::from_str(vary).unwrap_or(HeaderValue::from_static("Origin"))
+                    } else {
+                        HeaderValue::from_str(&format!("{vary}, Origin"))
+                            .unwrap_or(HeaderValue::from_static("Origin"))
+                    }
+                });
+            headers.insert(header::VARY, vary);
+        }
         if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
             // Responses to credentialed requests are for that caller only: no shared caches.
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

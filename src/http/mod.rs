@@ -21,16 +21,17 @@ use std::{sync::Arc, time::Duration};
 use poem::{Endpoint, EndpointExt, http::Method, middleware::Cors};
 use poem_openapi::Tags;
 
+pub use self::{
+    edge::Forwarded,
+    security::OAuthFlowUrls,
+    spec::{spec, spec_document},
+};
 use self::{
     edge::{AllowTable, Edge, render_errors},
     metrics::Metrics,
     params::ParamRules,
     spec::{openapi, render_spec},
     users::{SentPage, SentUser},
-};
-pub use self::{
-    security::OAuthFlowUrls,
-    spec::{spec, spec_document},
 };
 use crate::service::{Service, cache::ReadCache};
 
@@ -44,8 +45,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// A request not answered within this gets a 503.
     pub request_timeout: Duration,
-    /// Take the client address from `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
+    /// Whose word on the client's address (`X-Forwarded-For`) to take.
+    pub forwarded: Forwarded,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<String>,
     /// Browser origins allowed by CORS; none turns CORS off.

@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 
 use poem::{
     Response,
-    error::{MethodNotAllowedError, NotFoundError, ResponseError},
+    error::{CorsError, MethodNotAllowedError, NotFoundError, ResponseError},
     http::{HeaderValue, StatusCode, header},
 };
 use poem_openapi::{
@@ -247,6 +247,18 @@ impl Problem {
             (
                 "bad-request",
                 format!("invalid path parameter: {}", path_error.reason),
+            )
+        } else if let Some(cors) = err.downcast_ref::<CorsError>() {
+            let refused = match cors {
+                CorsError::OriginNotAllowed => "this origin may not call the API from a browser",
+                CorsError::MethodNotAllowed => "this method may not be used from a browser",
+                CorsError::HeadersNotAllowed => {
+                    "these request headers may not be sent from a browser"
+                }
+            };
+            (
+                "cors-refused",
+                format!("{refused} (CORS); the operator allows origins with --cors-allow-origin"),
             )
         } else if let Some(content_type) = err.downcast_ref::<ContentTypeError>() {
             (

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use poem::{Request, RequestBody, http::header};
+use poem::{
+    Request, RequestBody,
+    http::{HeaderMap, header},
+};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions,
     registry::{MetaOAuthFlow, MetaOAuthFlows, MetaOAuthScope, MetaSecurityScheme, Registry},
@@ -150,7 +153,7 @@ impl<'a> ApiExtractor<'a> for Auth {
         _body: &mut RequestBody,
         _param_opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let token = bearer_token(request)?;
+        let token = bearer_token(request.headers()).ok_or(AppError::MissingCredentials)?;
         let state = request
             .data::<Arc<State>>()
             .expect("the state is attached to every request");
@@ -169,20 +172,16 @@ impl<'a> ApiExtractor<'a> for Auth {
     }
 }
 
-/// The token of an `Authorization: Bearer` header (the scheme name is case-insensitive).
-fn bearer_token(request: &Request) -> Result<&str, AppError> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or(AppError::MissingCredentials)?
-        .to_str()
-        .map_err(|_| AppError::MissingCredentials)?;
+/// The token of an `Authorization: Bearer` header (the scheme name is case-insensitive), if
+/// the request has one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     match value.split_once(' ') {
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
-            Ok(token.trim())
+            Some(token.trim())
         }
-        _ => Err(AppError::MissingCredentials),
+        _ => None,
     }
 }

@@ -48,6 +48,11 @@ impl Service {
         ))
     }
 
+    /// Whether `token` is a key in the key cache: verified lately, no lookup needed.
+    pub(super) fn is_verified_key(&self, token: &str) -> bool {
+        ApiKeySecret::looks_like_key(token) && self.keys.get(&KeyDigest::of(token)).is_some()
+    }
+
     /// A key from the cache, or else from the database (and then cached if live). A use is
     /// noted for `last_used_at`.
     async fn verify_key(&self, token: &str) -> Result<Principal, AppError> {

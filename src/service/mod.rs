@@ -166,6 +166,15 @@ impl Service {
         token: &str,
         client: Option<IpAddr>,
     ) -> (Result<Principal, AppError>, Option<Decision>) {
+        // An address over its limit (guessing keys, say) costs no lookup of what it sends;
+        // a key this instance has already verified is answered as usual.
+        if let (Some(limiter), Some(ip)) = (&self.limiter, client)
+            && let Some(refused) = limiter.exhausted(&Bucket::Ip(ip))
+            && !self.is_verified_key(token)
+        {
+            let retry_after = refused.reset.max(1);
+            return (Err(AppError::RateLimited { retry_after }), Some(refused));
+        }
         let outcome = self.authenticate(token).await;
         let bucket = match &outcome {
             Ok(principal) => Some(Bucket::Principal(principal.subject.clone())),

@@ -28,7 +28,15 @@ impl Bucket {
         match self {
             Bucket::Principal(Subject::ApiKey(id)) => format!("key:{id}"),
             Bucket::Principal(Subject::Token(sub)) => format!("sub:{sub}"),
-            Bucket::Ip(ip) => format!("ip:{ip}"),
+            // One client is one IPv4 address, or one IPv6 /64 (what a single host or site
+            // is usually given), so that rotating through an IPv6 prefix gains nothing.
+            Bucket::Ip(ip) => match ip.to_canonical() {
+                IpAddr::V4(v4) => format!("ip:{v4}"),
+                IpAddr::V6(v6) => {
+                    let [a, b, c, d, ..] = v6.segments();
+                    format!("ip:{a:x}:{b:x}:{c:x}:{d:x}::/64")
+                }
+            },
         }
     }
 }
@@ -87,12 +95,34 @@ impl RateLimiter {
         self.limits.window.as_secs().max(1) as i64
     }
 
-    /// Counts a request against `bucket`; `None` when that kind of limit is off.
-    pub async fn check(&self, bucket: &Bucket) -> Option<Decision> {
-        let limit = match bucket {
+    fn limit(&self, bucket: &Bucket) -> u64 {
+        match bucket {
             Bucket::Principal(_) => self.limits.per_principal,
             Bucket::Ip(_) => self.limits.per_ip,
-        };
+        }
+    }
+
+    /// The refusal `bucket` would get now, by what this instance already knows (no database
+    /// read, nothing counted); `None` while it may still make requests.
+    pub fn exhausted(&self, bucket: &Bucket) -> Option<Decision> {
+        let limit = self.limit(bucket);
+        let now = unix_now();
+        let window = self.window_secs();
+        let window_start = now - now.rem_euclid(window);
+        let counters = self.counters.lock().expect("rate-limit lock");
+        let counter = counters.get(&bucket.key())?;
+        let used = (counter.shared + counter.pending).max(0) as u64;
+        (limit > 0 && counter.window_start == window_start && used >= limit).then(|| Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset: (window_start + window - now).max(0) as u64,
+        })
+    }
+
+    /// Counts a request against `bucket`; `None` when that kind of limit is off.
+    pub async fn check(&self, bucket: &Bucket) -> Option<Decision> {
+        let limit = self.limit(bucket);
         if limit == 0 {
             return None;
         }

@@ -8,6 +8,7 @@ mod auth;
 mod conditional;
 mod durability;
 mod errors;
+mod hardening;
 mod helpers;
 mod idempotency;
 mod limits;

@@ -16,6 +16,8 @@ mod conditional;
 mod durability;
 #[path = "../api/errors.rs"]
 mod errors;
+#[path = "../api/hardening.rs"]
+mod hardening;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/idempotency.rs"]
