@@ -6,6 +6,7 @@ use std::{net::SocketAddr, num::NonZeroUsize, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
+    connections,
     domain::{NewApiKey, Scope},
     http::{self, OAuthFlowUrls},
     service::{
@@ -255,6 +256,34 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub shutdown_grace_secs: u64,
+    /// Open connections at most; more wait in the kernel's backlog until one closes.
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value_t = 1024
+    )]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, from its first byte (or the connection's start).
+    ///
+    /// A connection that sends nothing, or its headers a line at a time, is closed after this.
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "HEADER_READ_TIMEOUT_SECS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request.
+    #[arg(
+        help_heading = "Server",
+        long,
+        env = "IDLE_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout_secs: u64,
     #[command(flatten)]
     pub db: DbArgs,
     /// Seconds a verified API key is trusted without asking the database again (0: off).
@@ -419,6 +448,15 @@ impl ServeArgs {
         settings.sqlite.wal_limit_bytes = u64::from(self.sqlite_wal_limit_mib) << 20;
         settings.sqlite.group_commit = self.sqlite_group_commit;
         settings
+    }
+
+    /// The guards on every connection.
+    pub fn connection_limits(&self) -> connections::Limits {
+        connections::Limits {
+            max_connections: self.max_connections.max(1),
+            header_read: Duration::from_secs(self.header_read_timeout_secs),
+            idle: Duration::from_secs(self.idle_timeout_secs),
+        }
     }
 
     /// The service's settings; an error for a half-configured identity provider.

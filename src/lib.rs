@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod error;
 pub mod http;

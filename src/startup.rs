@@ -11,12 +11,12 @@ use std::{
 
 use poem::{
     Server,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    web::{LocalAddr, RemoteAddr},
+    listener::{Acceptor, Listener, TcpListener},
 };
 
 use crate::{
     config::{DbArgs, ServeArgs},
+    connections::Guarded,
     domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
     http,
@@ -63,7 +63,7 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
         .into_acceptor()
         .await
         .map_err(|err| cannot_listen(args.bind, err))?;
-    let acceptor = NoDelay(acceptor);
+    let acceptor = Guarded::new(acceptor, args.connection_limits());
     let addr = acceptor
         .local_addr()
         .first()
@@ -152,51 +152,4 @@ fn shutdown_signal() -> io::Result<impl Future<Output = ()>> {
         }
         tracing::info!("shutdown requested; finishing in-flight requests");
     })
-}
-
-/// Accepted connections with Nagle's algorithm off. A response larger than a segment (a page
-/// of users, over a network) goes out as full segments and a short last one, which Nagle holds
-/// back until the client has acknowledged the rest; a client delaying that acknowledgement
-/// (Linux waits up to 40 ms) delays the response by as much. hyper writes each response's head
-/// and body together, so there is nothing for Nagle to coalesce.
-struct NoDelay(TcpAcceptor);
-
-impl Acceptor for NoDelay {
-    type Io = tokio::net::TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(
-        &mut self,
-    ) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
-        let accepted = self.0.accept().await?;
-        if let Err(err) = accepted.0.set_nodelay(true) {
-            // Only a connection already failing refuses it; it ends on its own.
-            tracing::debug!(%err, "TCP_NODELAY not set on an accepted connection");
-        }
-        Ok(accepted)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let mut acceptor = NoDelay(
-            TcpListener::bind("127.0.0.1:0")
-                .into_acceptor()
-                .await
-                .unwrap(),
-        );
-        let addr = *acceptor.local_addr()[0].as_socket_addr().unwrap();
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (server_side, ..) = acceptor.accept().await.unwrap();
-        assert!(server_side.nodelay().unwrap());
-        // The default, so that the assertion above tells the wrapper's doing.
-        assert!(!client.nodelay().unwrap());
-    }
 }

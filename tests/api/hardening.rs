@@ -144,3 +144,105 @@ fn origins_that_can_never_match_are_refused_at_start() {
         );
     }
 }
+
+/// A raw connection to `app`.
+async fn connect(app: &TestApp) -> tokio::net::TcpStream {
+    let addr = app.base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// How long until the server closes `stream` (reading and discarding what it sends), if it
+/// does within `limit`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&[
+        "--header-read-timeout-secs",
+        "1",
+        "--idle-timeout-secs",
+        "2",
+    ])
+    .await;
+    // Connects and sends nothing.
+    let mut silent = connect(&app).await;
+    // Sends its headers a line every 300 ms, for ever.
+    let mut drip = connect(&app).await;
+    let dripping = tokio::spawn(async move {
+        drip.write_all(b"GET /health/live HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        for i in 0.. {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if drip
+                .write_all(format!("X-Drip-{i}: 1\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return i;
+            }
+        }
+        unreachable!()
+    });
+    let closed = closed_within(&mut silent, Duration::from_secs(5)).await;
+    assert!(
+        closed.is_some_and(|after| after >= Duration::from_millis(900)),
+        "{closed:?}"
+    );
+    let lines = tokio::time::timeout(Duration::from_secs(5), dripping).await;
+    assert!(
+        lines.is_ok_and(|sent| sent.unwrap() < 10),
+        "the drip was cut off"
+    );
+    // A keep-alive connection is closed once idle, after its answer.
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let closed = closed_within(&mut idle, Duration::from_secs(6)).await;
+    assert!(
+        closed.is_some_and(|after| after >= Duration::from_millis(1800)),
+        "{closed:?}"
+    );
+    // Everyone else is served meanwhile.
+    assert_eq!(status(&app, "/health/live", &[]).await, 200);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(&["--max-connections", "2"]).await;
+    let first = connect(&app).await;
+    let _second = connect(&app).await;
+    let mut third = connect(&app).await;
+    third
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(early.is_err(), "answered while two connections were open");
+    drop(first);
+    let answered = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+    let n = answered.expect("answered once a slot was free").unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

@@ -1,0 +1,344 @@
+//! The listening socket's guards, below HTTP: a cap on open connections, a back-off when the
+//! process runs out of file descriptors, and two timeouts hyper is not given through poem: one
+//! for a request's headers (a client that opens a connection and sends nothing, or sends a
+//! header line every few seconds, holds it for nothing) and one for an idle keep-alive
+//! connection.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::{Duration, Instant},
+};
+
+use poem::{
+    listener::{Acceptor, TcpAcceptor},
+    web::{LocalAddr, RemoteAddr},
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
+};
+
+/// How long a connection may take over each part of its life, and how many may be open.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more wait in the kernel's backlog until one closes.
+    pub max_connections: usize,
+    /// From a connection's start, or the first byte of a request, to the end of its headers.
+    pub header_read: Duration,
+    /// Between a response and the next request on a keep-alive connection.
+    pub idle: Duration,
+}
+
+/// How often, at most, running out of file descriptors is logged while it lasts.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long the accept loop waits after a failed accept: without it, a process out of file
+/// descriptors would retry at once, forever, one core at 100%.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A TCP acceptor with these guards, and Nagle's algorithm off. A response larger than a
+/// segment (a page of users, over a network) goes out as full segments and a short last one,
+/// which Nagle holds back until the client has acknowledged the rest; a client delaying that
+/// acknowledgement (Linux waits up to 40 ms) delays the response by as much. hyper writes each
+/// response's head and body together, so there is nothing for Nagle to coalesce.
+pub struct Guarded {
+    inner: TcpAcceptor,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    failures: AcceptFailures,
+}
+
+impl Guarded {
+    pub fn new(inner: TcpAcceptor, limits: Limits) -> Self {
+        Guarded {
+            inner,
+            limits,
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            failures: AcceptFailures::default(),
+        }
+    }
+}
+
+/// Failed accepts since the last log line about them.
+#[derive(Default)]
+struct AcceptFailures {
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, err: &io::Error) {
+        self.unlogged += 1;
+        if self
+            .logged_at
+            .is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            tracing::error!(
+                error = %err,
+                failed_accepts = self.unlogged,
+                "cannot accept connections (out of file descriptors? raise `ulimit -n` or lower \
+                 --max-connections); retrying"
+            );
+            self.logged_at = Some(Instant::now());
+            self.unlogged = 0;
+        }
+    }
+}
+
+impl Acceptor for Guarded {
+    type Io = Connection;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
+        // A free slot first: beyond the cap, new connections wait in the kernel's backlog.
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, local, remote, scheme)) => {
+                    if let Err(err) = stream.set_nodelay(true) {
+                        // Only a connection already failing refuses it; it ends on its own.
+                        tracing::debug!(%err, "TCP_NODELAY not set on an accepted connection");
+                    }
+                    let connection = Connection::new(stream, slot, self.limits);
+                    return Ok((connection, local, remote, scheme));
+                }
+                Err(err) => {
+                    self.failures.note(&err);
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            }
+        }
+    }
+}
+
+/// Where a connection is in its request cycle, as far as its bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request's headers (or waiting for the first byte of the connection's first
+    /// request): the header timeout runs.
+    Headers,
+    /// Headers complete: the request is the server's; the request timeout bounds it.
+    Busy,
+    /// A response went out; waiting for another request: the idle timeout runs.
+    Idle,
+}
+
+/// An accepted connection: its slot under the cap, and the timeouts.
+pub struct Connection {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    limits: Limits,
+    phase: Phase,
+    deadline: Pin<Box<Sleep>>,
+    /// Line ends seen in a row while reading headers (`\r` ignored); two end them.
+    newlines: u8,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: Limits) -> Self {
+        Connection {
+            stream,
+            _slot: slot,
+            limits,
+            phase: Phase::Headers,
+            deadline: Box::pin(tokio::time::sleep(limits.header_read)),
+            newlines: 0,
+        }
+    }
+
+    fn enter(&mut self, phase: Phase, timeout: Duration) {
+        self.phase = phase;
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + timeout);
+    }
+
+    /// Follows a request's bytes until its headers end.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.phase == Phase::Idle {
+            self.enter(Phase::Headers, self.limits.header_read);
+            self.newlines = 0;
+        }
+        if self.phase != Phase::Headers {
+            return;
+        }
+        for &byte in bytes {
+            match byte {
+                b'\n' => self.newlines += 1,
+                b'\r' => {}
+                _ => self.newlines = 0,
+            }
+            if self.newlines == 2 {
+                self.phase = Phase::Busy;
+                return;
+            }
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                this.saw(&buf.filled()[before..]);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending if this.phase == Phase::Busy => Poll::Pending,
+            Poll::Pending => {
+                ready!(this.deadline.as_mut().poll(cx));
+                let what = if this.phase == Phase::Headers {
+                    "the request's headers did not arrive in time"
+                } else {
+                    "the connection was idle too long"
+                };
+                tracing::debug!(what, "closing a connection");
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
+        if written > 0 && this.phase == Phase::Busy {
+            this.enter(Phase::Idle, this.limits.idle);
+            // The task may already be waiting to read, from while it was busy, with no timer
+            // to wake it; register one now (reads and writes share the connection's task).
+            let _ = this.deadline.as_mut().poll(cx);
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use poem::listener::{Listener, TcpListener};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn guarded(limits: Limits) -> (Guarded, std::net::SocketAddr) {
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let guarded = Guarded::new(acceptor, limits);
+        let addr = *guarded.local_addr()[0].as_socket_addr().unwrap();
+        (guarded, addr)
+    }
+
+    const SHORT: Limits = Limits {
+        max_connections: 1,
+        header_read: Duration::from_millis(200),
+        idle: Duration::from_millis(400),
+    };
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let (mut acceptor, addr) = guarded(SHORT).await;
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server_side, ..) = acceptor.accept().await.unwrap();
+        assert!(server_side.stream.nodelay().unwrap());
+        // The default, so that the assertion above tells the wrapper's doing.
+        assert!(!client.nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn headers_must_arrive_in_time_and_idle_connections_end() {
+        let (mut acceptor, addr) = guarded(SHORT).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server_side, ..) = acceptor.accept().await.unwrap();
+        // Half a request, then nothing: refused once the header time is up, not before.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let mut read = 0;
+        let err = loop {
+            match server_side.read(&mut buf[read..]).await {
+                Ok(n) => read += n,
+                Err(err) => break err,
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A second connection waited for the first's slot.
+        drop((client, server_side));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (mut server_side, ..) = acceptor.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let n = server_side.read(&mut buf).await.unwrap();
+        assert_eq!(server_side.phase, Phase::Busy, "{n} bytes");
+        // Busy: no timeout while the server works on the request.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server_side
+            .write_all(b"HTTP/1.1 200 OK\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(server_side.phase, Phase::Idle);
+        let err = server_side.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn headers_end_at_a_blank_line_whatever_the_line_ends() {
+        let (mut acceptor, addr) = guarded(SHORT).await;
+        for (bytes, busy) in [
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\nHost: x\n\n", true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n", false),
+        ] {
+            let _client = TcpStream::connect(addr).await.unwrap();
+            let (mut connection, ..) = acceptor.accept().await.unwrap();
+            for chunk in bytes.chunks(3) {
+                connection.saw(chunk);
+            }
+            assert_eq!(connection.phase == Phase::Busy, busy, "{bytes:?}");
+        }
+    }
+}
