@@ -135,6 +135,10 @@ enum Phase {
     Busy,
     /// A response went out; waiting for another request: the idle timeout runs.
     Idle,
+    /// A head was refused and answered here: what the client still sends is read and dropped
+    /// (closing on unread data would reset the connection and lose the answer), until it
+    /// stops or the header timeout ends it.
+    Refused,
 }
 
 /// An accepted connection: its slot under the cap, and the timeouts.
@@ -144,8 +148,69 @@ pub struct Connection {
     limits: Limits,
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
-    /// Line ends seen in a row while reading headers (`\r` ignored); two end them.
+    head: Head,
+}
+
+/// What has been read of a request's head (its request line and headers).
+#[derive(Debug, Default)]
+struct Head {
+    /// Line ends seen in a row (`\r` ignored); two end the head.
     newlines: u8,
+    /// Lines completed, the request line included.
+    lines: usize,
+    /// Bytes of the line being read, and of the head so far.
+    line_bytes: usize,
+    bytes: usize,
+}
+
+/// Past these, a head is refused here with a problem. hyper's own limits (100 headers, a URI
+/// of about 64 KiB) would answer with a bodiless 431 or 414; the edge refuses smaller excesses
+/// (more than 64 headers or 16 KiB of them) with the request's id.
+const MAX_REQUEST_LINE_BYTES: usize = 16 * 1024;
+const MAX_HEAD_LINES: usize = 1 + 90;
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// A head refused before hyper parses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    UriTooLong,
+    HeadersTooLarge,
+}
+
+impl Refusal {
+    /// The whole response: a problem, and the connection closed.
+    fn response(self) -> Vec<u8> {
+        let (status, title, kind, detail) = match self {
+            Refusal::UriTooLong => (
+                414,
+                "URI Too Long",
+                "uri-too-long",
+                format!("send a request line of at most {MAX_REQUEST_LINE_BYTES} bytes"),
+            ),
+            Refusal::HeadersTooLarge => (
+                431,
+                "Request Header Fields Too Large",
+                "headers-too-large",
+                format!(
+                    "send at most {} header lines and {MAX_HEAD_BYTES} bytes of head",
+                    MAX_HEAD_LINES - 1
+                ),
+            ),
+        };
+        let body = serde_json::json!({
+            "type": format!("urn:users-api:problem:{kind}"),
+            "title": title,
+            "status": status,
+            "detail": detail,
+        })
+        .to_string();
+        format!(
+            "HTTP/1.1 {status} {title}\r\ncontent-type: application/problem+json\r\n\
+             content-length: {}\r\nconnection: close\r\nx-content-type-options: nosniff\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
 }
 
 impl Connection {
@@ -156,7 +221,7 @@ impl Connection {
             limits,
             phase: Phase::Headers,
             deadline: Box::pin(tokio::time::sleep(limits.header_read)),
-            newlines: 0,
+            head: Head::default(),
         }
     }
 
@@ -167,27 +232,63 @@ impl Connection {
             .reset(tokio::time::Instant::now() + timeout);
     }
 
-    /// Follows a request's bytes until its headers end.
-    fn saw(&mut self, bytes: &[u8]) {
+    /// Follows a request's bytes until its head ends; a head past the limits is refused.
+    fn saw(&mut self, bytes: &[u8]) -> Option<Refusal> {
         if bytes.is_empty() {
-            return;
+            return None;
         }
         if self.phase == Phase::Idle {
             self.enter(Phase::Headers, self.limits.header_read);
-            self.newlines = 0;
+            self.head = Head::default();
         }
         if self.phase != Phase::Headers {
-            return;
+            return None;
         }
+        let head = &mut self.head;
         for &byte in bytes {
+            head.bytes += 1;
             match byte {
-                b'\n' => self.newlines += 1,
+                b'\n' => {
+                    head.newlines += 1;
+                    head.lines += 1;
+                    head.line_bytes = 0;
+                }
                 b'\r' => {}
-                _ => self.newlines = 0,
+                _ => {
+                    head.newlines = 0;
+                    head.line_bytes += 1;
+                }
             }
-            if self.newlines == 2 {
+            if head.newlines == 2 {
                 self.phase = Phase::Busy;
-                return;
+                return None;
+            }
+            if head.lines == 0 && head.line_bytes > MAX_REQUEST_LINE_BYTES {
+                return Some(Refusal::UriTooLong);
+            }
+            if head.lines > MAX_HEAD_LINES || head.bytes > MAX_HEAD_BYTES {
+                return Some(Refusal::HeadersTooLarge);
+            }
+        }
+        None
+    }
+}
+
+impl Connection {
+    /// Reads and drops what the client sends after a refusal; the end of it (or of the
+    /// header time) is the end of the connection.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut dropped = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut dropped) {
+                Poll::Ready(Ok(())) if dropped.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    ready!(self.deadline.as_mut().poll(cx));
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
     }
@@ -200,12 +301,25 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.phase == Phase::Refused {
+            // hyper sees the end of the connection, with its head unfinished: it answers
+            // nothing more.
+            return this.poll_drain(cx);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                this.saw(&buf.filled()[before..]);
-                Poll::Ready(Ok(()))
-            }
+            Poll::Ready(Ok(())) => match this.saw(&buf.filled()[before..]) {
+                None => Poll::Ready(Ok(())),
+                Some(refusal) => {
+                    buf.set_filled(before);
+                    // Small enough for the socket's buffer: written at once, or not at all
+                    // if the client reads nothing, which then is its loss.
+                    let _ = this.stream.try_write(&refusal.response());
+                    let _ = Pin::new(&mut this.stream).poll_shutdown(cx);
+                    this.enter(Phase::Refused, this.limits.header_read);
+                    this.poll_drain(cx)
+                }
+            },
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending if this.phase == Phase::Busy => Poll::Pending,
             Poll::Pending => {
@@ -336,7 +450,7 @@ mod tests {
             let _client = TcpStream::connect(addr).await.unwrap();
             let (mut connection, ..) = acceptor.accept().await.unwrap();
             for chunk in bytes.chunks(3) {
-                connection.saw(chunk);
+                assert_eq!(connection.saw(chunk), None);
             }
             assert_eq!(connection.phase == Phase::Busy, busy, "{bytes:?}");
         }

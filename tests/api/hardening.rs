@@ -246,3 +246,46 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+/// A problem answered before hyper parses the request: no request id (there is no request).
+async fn early_problem(response: reqwest::Response, status: u16, kind: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status, "{body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:users-api:problem:{kind}"),
+        "{body}"
+    );
+    assert!(
+        body["detail"].as_str().unwrap().starts_with("send "),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn heads_past_the_parsers_limits_are_problems_too() {
+    let app = spawn_app_with(&[]).await;
+    // More headers than hyper takes (100), and a request line over 16 KiB.
+    let mut request = app.client.get(app.url("/health/live"));
+    for i in 0..120 {
+        request = request.header(format!("x-header-{i}"), "1");
+    }
+    early_problem(request.send().await.unwrap(), 431, "headers-too-large").await;
+    let long = format!("/api/v1/users?q={}", "a".repeat(20 * 1024));
+    let response = app.client.get(app.url(&long)).send().await.unwrap();
+    early_problem(response, 414, "uri-too-long").await;
+    // Within the limits, the edge answers (with the request's id).
+    let mut request = app.client.get(app.url("/health/live"));
+    for i in 0..70 {
+        request = request.header(format!("x-header-{i}"), "1");
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 431);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(status(&app, "/health/live", &[]).await, 200);
+}
