@@ -77,6 +77,9 @@ impl Store {
         settings: &DbSettings,
         first_start: impl AsyncFn(&Store) -> Result<T, AppError>,
     ) -> Result<(Store, T), AppError> {
+        if settings.url.starts_with("sqlite:") {
+            sqlite::check_path(&settings.url)?;
+        }
         let deadline = Instant::now() + settings.startup_wait;
         let mut delay = Duration::from_millis(250);
         for attempt in 1.. {
@@ -146,10 +149,22 @@ impl Store {
         }
     }
 
-    /// Whether the database answers a trivial query.
+    /// Whether the database answers a trivial query and, on SQLite, is still the file the
+    /// server opened and took its last writes.
     pub async fn ping(&self) -> Result<(), AppError> {
+        if let Engine::Sqlite(serving) = &self.engine {
+            serving.check_writes()?;
+        }
         self.db.execute_unprepared("SELECT 1").await?;
         Ok(())
+    }
+
+    /// On SQLite, an error once the database file was deleted or replaced under the server.
+    fn check_file(&self) -> Result<(), AppError> {
+        match &self.engine {
+            Engine::Sqlite(serving) => serving.check_file(),
+            Engine::Plain => Ok(()),
+        }
     }
 
     /// Connections of the pool in use and idle, for the metrics.
@@ -237,11 +252,17 @@ pub fn is_transient(err: &DbErr) -> bool {
                 | Sqlx::WorkerCrashed => true,
                 // SQLSTATE classes 08 (connection exception), 53 (insufficient resources) and
                 // 57 (operator intervention: shutdown, statement timeout).
-                Sqlx::Database(db) => db.code().is_some_and(|code| {
-                    ["08", "53", "57"]
-                        .iter()
-                        .any(|class| code.starts_with(class))
-                }),
+                Sqlx::Database(db) => {
+                    sqlite::is_transient(db.as_ref())
+                        || db
+                            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                            .is_some()
+                            && db.code().is_some_and(|code| {
+                                ["08", "53", "57"]
+                                    .iter()
+                                    .any(|class| code.starts_with(class))
+                            })
+                }
                 _ => false,
             }
         }

@@ -78,10 +78,15 @@ impl Store {
     /// Makes `write` as `actor` (an audit name) and returns what it did once it is committed.
     /// A write that fails (a taken email, a stale version, a missing user) leaves nothing.
     pub async fn write_user(&self, write: UserWrite, actor: String) -> Result<Written, AppError> {
+        self.check_file()?;
         if let super::Engine::Sqlite(serving) = &self.engine
             && let Some(writer) = serving.writer()
         {
-            return writer.submit(write, actor).await;
+            let outcome = writer.submit(write, actor).await;
+            if let Err(AppError::Unavailable(_)) = &outcome {
+                serving.write_failed();
+            }
+            return outcome;
         }
         let txn = self.db.begin().await?;
         match apply(&txn, write, &actor).await? {

@@ -540,6 +540,15 @@ impl TestApp {
         .unwrap();
     }
 
+    /// `GET /health/ready`.
+    pub async fn readiness(&self) -> Response {
+        self.client
+            .get(self.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The Prometheus text of `/metrics` (no token is configured in tests).
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.unwrap();

@@ -258,3 +258,94 @@ async fn cached_reads_racing_writes_see_every_acknowledged_write() {
     // The cache was in play, not bypassed.
     assert!(counter(&app.metrics().await, CACHE_HITS) > 0);
 }
+
+/// The path of the database file behind a `sqlite://` URL.
+fn file_of(url: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(url.trim_start_matches("sqlite://"))
+}
+
+/// A database file deleted under the running server: writes are refused (503, retry later)
+/// and readiness fails, rather than acknowledging writes a restart would lose.
+#[tokio::test]
+async fn a_deleted_database_file_stops_writes_and_readiness() {
+    let app = spawn_app().await;
+    app.create_ok(&json!({"name": "Before", "role": "Dev"}))
+        .await;
+    let file = file_of(&app.db.url);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = file.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+    // Noticed within the check interval (one second).
+    let mut refused = None;
+    for _ in 0..40 {
+        let response = app
+            .create_user(&json!({"name": "After", "role": "Dev"}))
+            .await;
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 201);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = refused.expect("writes refused once the file is gone");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, 503).await;
+    let ready = app.readiness().await;
+    assert_problem(ready, 503).await;
+    assert!(
+        app.logs()
+            .await
+            .contains("the database file was deleted or replaced")
+    );
+}
+
+/// Another process holding SQLite's write lock past the busy timeout: the write is a 503 to
+/// retry, readiness says so, and writes work again once the lock is gone.
+#[tokio::test]
+async fn a_write_lock_held_elsewhere_is_an_outage_to_retry() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = spawn_app().await;
+    let other = sea_orm::Database::connect(&app.db.url).await.unwrap();
+    let holding = other.begin().await.unwrap();
+    holding
+        .execute_unprepared("UPDATE users SET name = name WHERE id = -1")
+        .await
+        .unwrap();
+    let blocked = app
+        .create_user(&json!({"name": "Blocked", "role": "Dev"}))
+        .await;
+    assert!(blocked.headers().contains_key("retry-after"));
+    let problem = assert_problem(blocked, 503).await;
+    assert!(
+        !problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("database is locked")
+    );
+    let ready = app.readiness().await;
+    assert_eq!(ready.status(), 503);
+    holding.rollback().await.unwrap();
+    app.create_ok(&json!({"name": "Unblocked", "role": "Dev"}))
+        .await;
+}
+
+#[test]
+fn a_database_path_that_cannot_be_opened_fails_start_up_at_once() {
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(crate::helpers::BIN)
+        .args([
+            "migrate",
+            "--database-url",
+            "sqlite:///no/such/directory/users.db",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(stderr.contains("/no/such/directory/users.db"), "{stderr}");
+    assert!(stderr.contains("--database-url"), "{stderr}");
+}

@@ -143,12 +143,7 @@ async fn an_unreachable_database_gives_503s_then_recovers_by_itself() {
         .create_user(&json!({"name": "Bob", "role": "Dev"}))
         .await;
     assert_problem(write, 503).await;
-    let ready = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readiness().await;
     assert_problem(ready, 503).await;
     let live = app
         .client
@@ -173,12 +168,7 @@ async fn an_unreachable_database_gives_503s_then_recovers_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let ready = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readiness().await;
     assert_eq!(ready.status(), 200);
     // Nothing half-written while it was away: Bob was refused, so he is not there.
     let page: Value = app.list_users("").await.json().await.unwrap();

@@ -15,7 +15,14 @@ mod changes;
 mod wal;
 pub(super) mod writer;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
@@ -99,6 +106,105 @@ pub(crate) struct Serving {
     /// which SQLite deletes when the last connection closes, and runs the checkpoints.
     keeper: DatabaseConnection,
     tasks: Vec<JoinHandle<()>>,
+    /// Set once the database file was deleted or replaced under the server: from then on
+    /// writes would go to a file nobody can open again, so they are refused.
+    lost: Arc<AtomicBool>,
+    /// When a user write last failed for a cause that is not the request's (a full disk, a
+    /// lock held elsewhere, an I/O error); readiness fails for a while after.
+    write_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long readiness fails after a write failed for a cause not the request's: long enough
+/// for a load balancer to see it, short enough that an instance recovers without traffic.
+const WRITE_FAILURE_MEMORY: Duration = Duration::from_secs(10);
+
+/// How often the database file is checked for being the one the server opened.
+const FILE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What tells one file from another at the same path.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(path).ok().map(|_| (0, 0))
+    }
+}
+
+/// Watches `file` until it stops being the file the server opened (deleted, or replaced by
+/// another), then sets `lost` and says so in the log.
+async fn watch_file(file: PathBuf, lost: Arc<AtomicBool>) {
+    let opened = file_identity(&file);
+    loop {
+        tokio::time::sleep(FILE_CHECK_INTERVAL).await;
+        if file_identity(&file) != opened {
+            lost.store(true, Ordering::Release);
+            tracing::error!(
+                file = %file.display(),
+                "the database file was deleted or replaced while the server ran; writes are \
+                 refused (503) and readiness fails, so nothing is acknowledged that a restart \
+                 would lose; restore the file or restart the server"
+            );
+            return;
+        }
+    }
+}
+
+/// Before connecting: a database file that cannot be opened for writing (its directory is
+/// missing or read-only) is a mistake to fix, not an outage to wait out, so it fails start-up
+/// at once, naming the path.
+pub(super) fn check_path(url: &str) -> Result<(), AppError> {
+    use std::str::FromStr;
+    let Ok(options) = SqliteConnectOptions::from_str(url) else {
+        return Ok(());
+    };
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|err| {
+            // Returned before any retry: start-up fails with this message.
+            AppError::Unavailable(format!(
+                "cannot open the SQLite database {} for writing: {err}; check that its \
+                 directory exists and this user may write there, or pass another --database-url",
+                path.display()
+            ))
+        })
+}
+
+/// Whether a SQLite error means the database cannot be written for now (busy or locked past
+/// the busy timeout, out of memory or disk, an I/O error, a file that cannot be opened or
+/// written): an outage to retry, not a fault of the request.
+pub(super) fn is_transient(err: &(dyn sea_orm::sqlx::error::DatabaseError + 'static)) -> bool {
+    const BUSY: u32 = 5;
+    const LOCKED: u32 = 6;
+    const NOMEM: u32 = 7;
+    const READONLY: u32 = 8;
+    const IOERR: u32 = 10;
+    const FULL: u32 = 13;
+    const CANTOPEN: u32 = 14;
+    err.try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+        .is_some()
+        && err
+            .code()
+            .and_then(|code| code.parse::<u32>().ok())
+            .is_some_and(|code| {
+                // The extended code's low byte is the primary one (778 is an I/O error).
+                matches!(
+                    code & 0xff,
+                    BUSY | LOCKED | NOMEM | READONLY | IOERR | FULL | CANTOPEN
+                )
+            })
 }
 
 impl Serving {
@@ -135,6 +241,10 @@ impl Serving {
             })?,
             None => None,
         };
+        let lost = Arc::new(AtomicBool::new(false));
+        if let Some(file) = &file {
+            tasks.push(tokio::spawn(watch_file(file.clone(), lost.clone())));
+        }
         if let Some(limit) = limit {
             let (connection, restarts) = (keeper.clone(), writer.is_none());
             tasks.push(tokio::spawn(async move {
@@ -146,7 +256,36 @@ impl Serving {
             changes,
             keeper,
             tasks,
+            lost,
+            write_failed_at: std::sync::Mutex::default(),
         })
+    }
+
+    /// Notes that a user write failed for a cause not the request's.
+    pub fn write_failed(&self) {
+        *self.write_failed_at.lock().expect("write failure lock") = Some(std::time::Instant::now());
+    }
+
+    /// An error while writes fail: the file is lost, or a write failed lately.
+    pub fn check_writes(&self) -> Result<(), AppError> {
+        self.check_file()?;
+        let failed_at = *self.write_failed_at.lock().expect("write failure lock");
+        if failed_at.is_some_and(|at| at.elapsed() < WRITE_FAILURE_MEMORY) {
+            return Err(AppError::Unavailable(
+                "writes to the database are failing; retry shortly".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An error when the database file is no longer the one opened (see [`watch_file`]).
+    pub fn check_file(&self) -> Result<(), AppError> {
+        if self.lost.load(Ordering::Acquire) {
+            return Err(AppError::Unavailable(
+                "the database is unavailable; retry shortly".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Where user writes go, if they are batched.
