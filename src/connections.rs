@@ -22,6 +22,7 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::Sleep,
 };
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// How long a connection may take over each part of its life, and how many may be open.
 #[derive(Debug, Clone, Copy)]
@@ -50,15 +51,20 @@ pub struct Guarded {
     limits: Limits,
     slots: Arc<Semaphore>,
     failures: AcceptFailures,
+    shutdown: CancellationToken,
 }
 
 impl Guarded {
-    pub fn new(inner: TcpAcceptor, limits: Limits) -> Self {
+    /// Once `shutdown` is cancelled, connections without a request in progress (idle, or
+    /// still sending headers) close at once, so that a graceful stop waits only for requests
+    /// the server is working on.
+    pub fn new(inner: TcpAcceptor, limits: Limits, shutdown: CancellationToken) -> Self {
         Guarded {
             inner,
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             failures: AcceptFailures::default(),
+            shutdown,
         }
     }
 }
@@ -113,7 +119,8 @@ impl Acceptor for Guarded {
                         // Only a connection already failing refuses it; it ends on its own.
                         tracing::debug!(%err, "TCP_NODELAY not set on an accepted connection");
                     }
-                    let connection = Connection::new(stream, slot, self.limits);
+                    let shutdown = self.shutdown.clone().cancelled_owned();
+                    let connection = Connection::new(stream, slot, self.limits, shutdown);
                     return Ok((connection, local, remote, scheme));
                 }
                 Err(err) => {
@@ -149,6 +156,8 @@ pub struct Connection {
     phase: Phase,
     deadline: Pin<Box<Sleep>>,
     head: Head,
+    /// Ready once the server is stopping.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 /// What has been read of a request's head (its request line and headers).
@@ -214,7 +223,12 @@ impl Refusal {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: Limits) -> Self {
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        limits: Limits,
+        shutdown: WaitForCancellationFutureOwned,
+    ) -> Self {
         Connection {
             stream,
             _slot: slot,
@@ -222,6 +236,7 @@ impl Connection {
             phase: Phase::Headers,
             deadline: Box::pin(tokio::time::sleep(limits.header_read)),
             head: Head::default(),
+            shutdown: Box::pin(shutdown),
         }
     }
 
@@ -323,6 +338,11 @@ impl AsyncRead for Connection {
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
             Poll::Pending if this.phase == Phase::Busy => Poll::Pending,
             Poll::Pending => {
+                if this.shutdown.as_mut().poll(cx).is_ready() {
+                    // The server is stopping and this connection has no request in progress:
+                    // its end, as hyper sees it, so the stop does not wait for it.
+                    return Poll::Ready(Ok(()));
+                }
                 ready!(this.deadline.as_mut().poll(cx));
                 let what = if this.phase == Phase::Headers {
                     "the request's headers did not arrive in time"
@@ -374,7 +394,7 @@ mod tests {
             .into_acceptor()
             .await
             .unwrap();
-        let guarded = Guarded::new(acceptor, limits);
+        let guarded = Guarded::new(acceptor, limits, CancellationToken::new());
         let addr = *guarded.local_addr()[0].as_socket_addr().unwrap();
         (guarded, addr)
     }

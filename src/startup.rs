@@ -63,7 +63,8 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
         .into_acceptor()
         .await
         .map_err(|err| cannot_listen(args.bind, err))?;
-    let acceptor = Guarded::new(acceptor, args.connection_limits());
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let acceptor = Guarded::new(acceptor, args.connection_limits(), stopping.clone());
     let addr = acceptor
         .local_addr()
         .first()
@@ -76,7 +77,11 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     let store = store.serve(&db_settings).await?;
     let service = Arc::new(Service::new(store.clone(), service_settings).await);
     service.start_background();
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let shutdown = async move {
+        signal.await;
+        stopping.cancel();
+    };
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), workers, "listening");
 

@@ -10,7 +10,7 @@ use std::{
 
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, TestDb, serve_command, spawn_app_with};
+use crate::helpers::{TestApp, TestDb, serve_command, spawn_app_with, start_command};
 
 /// The status of `GET path` with these headers.
 async fn status(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> StatusCode {
@@ -147,8 +147,7 @@ fn origins_that_can_never_match_are_refused_at_start() {
 
 /// A raw connection to `app`.
 async fn connect(app: &TestApp) -> tokio::net::TcpStream {
-    let addr = app.base.trim_start_matches("http://");
-    tokio::net::TcpStream::connect(addr).await.unwrap()
+    connect_to(app).await.unwrap()
 }
 
 /// How long until the server closes `stream` (reading and discarding what it sends), if it
@@ -288,4 +287,89 @@ async fn heads_past_the_parsers_limits_are_problems_too() {
     assert_eq!(response.status(), 431);
     assert!(response.headers().contains_key("x-request-id"));
     assert_eq!(status(&app, "/health/live", &[]).await, 200);
+}
+
+#[tokio::test]
+async fn a_stop_does_not_wait_for_requests_not_yet_sent() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&[]).await;
+    let mut half = connect(&app).await;
+    half.write_all(b"POST /api/v1/users HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut idle = connect(&app).await;
+    idle.write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || app.stop())
+        .await
+        .unwrap();
+    assert!(stopped.success());
+    // Not the header timeout (10 s), nor the grace period (30 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed_within(&mut half, Duration::from_secs(1))
+            .await
+            .is_some()
+    );
+}
+
+/// Out of file descriptors, the accept loop waits and says so once in a while, instead of
+/// spinning a core and logging nothing; once connections close, it serves again.
+#[tokio::test]
+async fn running_out_of_file_descriptors_is_survived_and_logged_once() {
+    let db = std::sync::Arc::new(TestDb::new());
+    let (_, key) = db.create_key(&["admin"]);
+    let serve = serve_command(&db.url, &[]);
+    let mut wrapped = std::process::Command::new("bash");
+    wrapped
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(serve.get_program())
+        .args(serve.get_args());
+    for (name, value) in serve.get_envs() {
+        match value {
+            Some(value) => wrapped.env(name, value),
+            None => wrapped.env_remove(name),
+        };
+    }
+    let app = start_command(db, key, wrapped).await;
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        if let Ok(Ok(stream)) =
+            tokio::time::timeout(Duration::from_millis(200), connect_to(&app)).await
+        {
+            held.push(stream);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let logs = app.logs().await;
+    let logged = logs.matches("cannot accept connections").count();
+    assert!((1..=2).contains(&logged), "{logged} lines: {logs}");
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        if app
+            .client
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(served, "served again once connections closed");
+}
+
+async fn connect_to(app: &TestApp) -> std::io::Result<tokio::net::TcpStream> {
+    tokio::net::TcpStream::connect(app.base.trim_start_matches("http://")).await
 }

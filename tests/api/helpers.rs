@@ -384,8 +384,14 @@ pub async fn start_with_env(
     extra: &[&str],
     env: &[(&str, &str)],
 ) -> TestApp {
-    let mut child = serve_command(url, extra)
-        .envs(env.iter().copied())
+    let mut command = serve_command(url, extra);
+    command.envs(env.iter().copied());
+    start_command(db, key, command).await
+}
+
+/// Starts the server `command` runs (a `serve_command`, perhaps wrapped).
+pub async fn start_command(db: Arc<TestDb>, key: String, mut command: Command) -> TestApp {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
