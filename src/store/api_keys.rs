@@ -29,6 +29,7 @@ impl Store {
         key: &NewApiKey,
         created_by: Option<String>,
     ) -> Result<(Model, ApiKeySecret), AppError> {
+        self.check_file()?;
         let secret = ApiKeySecret::generate();
         let model = Entity::insert(ActiveModel {
             name: Set(key.name.clone()),
@@ -76,6 +77,7 @@ impl Store {
 
     /// Marks a key revoked; revoking twice is not an error, revoking a missing key is.
     pub async fn revoke_api_key(&self, id: i64) -> Result<Model, AppError> {
+        self.check_file()?;
         let key = self.get_api_key(id).await?;
         if key.revoked_at.is_some() {
             return Ok(key);

@@ -293,8 +293,11 @@ async fn a_deleted_database_file_stops_writes_and_readiness() {
     let refused = refused.expect("writes refused once the file is gone");
     assert!(refused.headers().contains_key("retry-after"));
     assert_problem(refused, 503).await;
-    let ready = app.readiness().await;
-    assert_problem(ready, 503).await;
+    assert_problem(app.readiness().await, 503).await;
+    let key = app
+        .create_api_key(&json!({"name": "late", "scopes": ["users:read"]}))
+        .await;
+    assert_problem(key, 503).await;
     assert!(
         app.logs()
             .await
