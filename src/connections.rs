@@ -1,8 +1,9 @@
 //! The listening socket's guards, below HTTP: a cap on open connections, a back-off when the
-//! process runs out of file descriptors, and two timeouts hyper is not given through poem: one
+//! process runs out of file descriptors, and what hyper is not given through poem: a timeout
 //! for a request's headers (a client that opens a connection and sends nothing, or sends a
-//! header line every few seconds, holds it for nothing) and one for an idle keep-alive
-//! connection.
+//! header line every few seconds, holds it for nothing), one for an idle keep-alive
+//! connection, limits on a request's head answered as problems (hyper's own would answer
+//! without a body), and on shutdown the end of connections with no request in progress.
 
 use std::{
     io,
@@ -364,7 +365,9 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
-        if written > 0 && this.phase == Phase::Busy {
+        // A response (or a `100 Continue`, after which the body looks like a new head) means
+        // the server has the request: from here, the idle timeout.
+        if written > 0 && matches!(this.phase, Phase::Busy | Phase::Headers) {
             this.enter(Phase::Idle, this.limits.idle);
             // The task may already be waiting to read, from while it was busy, with no timer
             // to wake it; register one now (reads and writes share the connection's task).
