@@ -439,22 +439,16 @@ impl<E: Endpoint> EdgeEndpoint<E> {
         if !self.state.settings.cors_allow_origins.is_empty() {
             // With CORS on, what an answer says depends on `Origin`: a shared cache must not
             // give one origin's answer (or an answer without CORS headers) to another.
-            let vary = headers
-                .get(header::VARY)
-                .and_then(|value| value.to_str().ok())
-                .filter(|vary| !vary.is_empty())
-                .map_or(HeaderValue::from_static("Origin"), |vary| {
-                    let already = vary
+            let varies_by_origin = headers.get_all(header::VARY).iter().any(|value| {
+                value.to_str().is_ok_and(|names| {
+                    names
                         .split(',')
-                        .any(|name| name.trim().eq_ignore_ascii_case("origin"));
-                    if already {
-                        HeaderValue::from_str(vary).unwrap_or(HeaderValue::from_static("Origin"))
-                    } else {
-                        HeaderValue::from_str(&format!("{vary}, Origin"))
-                            .unwrap_or(HeaderValue::from_static("Origin"))
-                    }
-                });
-            headers.insert(header::VARY, vary);
+                        .any(|name| name.trim().eq_ignore_ascii_case("origin"))
+                })
+            });
+            if !varies_by_origin {
+                headers.append(header::VARY, HeaderValue::from_static("Origin"));
+            }
         }
         if authenticated && !headers.contains_key(header::CACHE_CONTROL) {
             // Responses to credentialed requests are for that caller only: no shared caches.

@@ -116,14 +116,9 @@ fn example(status: u16, target: &Target, params: &ParamRules) -> Option<Problem>
         503 => AppError::Unavailable("the database is unavailable; retry shortly".into()),
         _ => return None,
     };
-    debug_assert_eq!(
-        Problem::from_app_error(&error).status,
-        status,
-        "{} {}",
-        target.method,
-        target.path
-    );
-    Some(Problem::from_app_error(&error))
+    let problem = Problem::from_app_error(&error);
+    debug_assert_eq!(problem.status, status, "{} {}", target.method, target.path);
+    Some(problem)
 }
 
 /// What the body parser says of a typical mistake in the operation's body.

@@ -153,6 +153,13 @@ impl ParamRules {
         ParamRules { operations }
     }
 
+    /// The operation `method` on the path split into `segments`.
+    fn operation(&self, method: &str, segments: &[&str]) -> Option<&Operation> {
+        self.operations.iter().find(|operation| {
+            operation.method == method && template_matches(&operation.segments, segments)
+        })
+    }
+
     /// Every query and path parameter of the operation `method path` that the request gets
     /// wrong, and always the one the framework refused (`refused`, with its reason), whatever
     /// its location: the framework may check what this does not (a pattern).
@@ -164,9 +171,7 @@ impl ParamRules {
         refused: (&str, &str),
     ) -> Vec<ParamFailure> {
         let segments: Vec<&str> = path.split('/').collect();
-        let Some(operation) = self.operations.iter().find(|operation| {
-            operation.method == method && template_matches(&operation.segments, &segments)
-        }) else {
+        let Some(operation) = self.operation(method, &segments) else {
             return Vec::new();
         };
         let (refused_name, reason) = refused;
@@ -203,9 +208,9 @@ impl ParamRules {
     /// A failure the operation at `method template` could report: its first path
     /// parameter, else its first query parameter, sent wrong. `None` when it has neither.
     pub fn example_failure(&self, method: &str, template: &str) -> Option<ParamFailure> {
-        let operation = self.operations.iter().find(|operation| {
-            operation.method == method && operation.segments.join("/") == template
-        })?;
+        // A template is a path its own template matches.
+        let segments: Vec<&str> = template.split('/').collect();
+        let operation = self.operation(method, &segments)?;
         let param = [ParamLocation::Path, ParamLocation::Query]
             .into_iter()
             .find_map(|location| operation.params.iter().find(|p| p.location == location))?;

@@ -51,6 +51,17 @@ pub struct Decision {
     pub reset: u64,
 }
 
+impl Decision {
+    fn refused(limit: u64, reset: u64) -> Self {
+        Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Counter {
     window_start: i64,
@@ -58,6 +69,13 @@ struct Counter {
     shared: i64,
     /// Hits admitted here and not yet added to the shared total.
     pending: i64,
+}
+
+impl Counter {
+    /// Requests counted in the window, here and elsewhere.
+    fn used(&self) -> u64 {
+        (self.shared + self.pending).max(0) as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,6 +113,13 @@ impl RateLimiter {
         self.limits.window.as_secs().max(1) as i64
     }
 
+    /// The window `now` falls in: its start, and the seconds until it resets.
+    fn window_at(&self, now: i64) -> (i64, u64) {
+        let window = self.window_secs();
+        let start = now - now.rem_euclid(window);
+        (start, (start + window - now).max(0) as u64)
+    }
+
     fn limit(&self, bucket: &Bucket) -> u64 {
         match bucket {
             Bucket::Principal(_) => self.limits.per_principal,
@@ -106,18 +131,11 @@ impl RateLimiter {
     /// read, nothing counted); `None` while it may still make requests.
     pub fn exhausted(&self, bucket: &Bucket) -> Option<Decision> {
         let limit = self.limit(bucket);
-        let now = unix_now();
-        let window = self.window_secs();
-        let window_start = now - now.rem_euclid(window);
+        let (window_start, reset) = self.window_at(unix_now());
         let counters = self.counters.lock().expect("rate-limit lock");
         let counter = counters.get(&bucket.key())?;
-        let used = (counter.shared + counter.pending).max(0) as u64;
-        (limit > 0 && counter.window_start == window_start && used >= limit).then(|| Decision {
-            allowed: false,
-            limit,
-            remaining: 0,
-            reset: (window_start + window - now).max(0) as u64,
-        })
+        (limit > 0 && counter.window_start == window_start && counter.used() >= limit)
+            .then(|| Decision::refused(limit, reset))
     }
 
     /// Counts a request against `bucket`; `None` when that kind of limit is off.
@@ -126,9 +144,7 @@ impl RateLimiter {
         if limit == 0 {
             return None;
         }
-        let now = unix_now();
-        let window = self.window_secs();
-        let window_start = now - now.rem_euclid(window);
+        let (window_start, reset) = self.window_at(unix_now());
         let key = bucket.key();
         let known = self
             .counters
@@ -162,15 +178,9 @@ impl RateLimiter {
         }
         let mut counters = self.counters.lock().expect("rate-limit lock");
         let counter = counters.get_mut(&key).expect("seeded above");
-        let used = (counter.shared + counter.pending).max(0) as u64;
-        let reset = (window_start + window - now).max(0) as u64;
+        let used = counter.used();
         if used >= limit {
-            return Some(Decision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset,
-            });
+            return Some(Decision::refused(limit, reset));
         }
         counter.pending += 1;
         Some(Decision {
@@ -183,10 +193,7 @@ impl RateLimiter {
 
     /// Adds pending hits to the shared counters and learns the other instances' totals.
     pub async fn sync(&self) {
-        let window_start = {
-            let now = unix_now();
-            now - now.rem_euclid(self.window_secs())
-        };
+        let (window_start, _) = self.window_at(unix_now());
         let batch: Vec<(String, Counter)> = self
             .counters
             .lock()
