@@ -391,6 +391,35 @@ pub struct ServeArgs {
         default_value_t = 30
     )]
     pub request_timeout_secs: u64,
+    /// Hours the change feed keeps events; older ones are pruned.
+    ///
+    /// A reader resuming from an event older than this is told to resynchronise (410).
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "EVENTS_RETENTION_HOURS",
+        default_value_t = 168,
+        value_parser = clap::value_parser!(u64).range(1..=87_600)
+    )]
+    pub events_retention_hours: u64,
+    /// Event streams open at once on this server; more are refused with 503.
+    ///
+    /// Each is an open connection too, counted against --max-connections.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "MAX_STREAMS",
+        default_value_t = 512
+    )]
+    pub max_streams: usize,
+    /// Event streams open at once per API key or token subject; more are refused with 429.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "MAX_STREAMS_PER_PRINCIPAL",
+        default_value_t = 64
+    )]
+    pub max_streams_per_principal: usize,
     /// Browser origins allowed to call the API (CORS); none by default.
     ///
     /// E.g. `https://app.example.com`; repeat the flag or separate origins with commas.
@@ -474,6 +503,11 @@ impl ServeArgs {
                 sync: Duration::from_millis(self.rate_limit_sync_ms.max(10)),
             },
             oauth: self.oauth.settings()?,
+            feed: service::FeedSettings {
+                retention: Duration::from_secs(self.events_retention_hours * 3600),
+                max_streams: self.max_streams,
+                max_streams_per_principal: self.max_streams_per_principal,
+            },
         })
     }
 
@@ -494,6 +528,10 @@ impl ServeArgs {
             user_cache_bytes: self.user_cache_mib * MIB,
             page_cache_bytes: self.page_cache_mib * MIB,
             oauth_flows: self.oauth.flow_urls(),
+            // Well within the idle timeout, which a stream's writes keep from running out.
+            stream_heartbeat: Duration::from_secs(15)
+                .min(Duration::from_secs(self.idle_timeout_secs) / 2)
+                .max(Duration::from_millis(500)),
         }
     }
 }

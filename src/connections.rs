@@ -32,7 +32,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// From a connection's start, or the first byte of a request, to the end of its headers.
     pub header_read: Duration,
-    /// Between a response and the next request on a keep-alive connection.
+    /// Between a response and the next request on a keep-alive connection, and between two
+    /// writes of a response still being sent (an event stream).
     pub idle: Duration,
 }
 
@@ -364,14 +365,35 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let written = ready!(Pin::new(&mut this.stream).poll_write(cx, buf))?;
-        // A response (or a `100 Continue`, after which the body looks like a new head) means
-        // the server has the request: from here, the idle timeout.
-        if written > 0 && matches!(this.phase, Phase::Busy | Phase::Headers) {
-            this.enter(Phase::Idle, this.limits.idle);
-            // The task may already be waiting to read, from while it was busy, with no timer
-            // to wake it; register one now (reads and writes share the connection's task).
-            let _ = this.deadline.as_mut().poll(cx);
+        let written = match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(written) => written?,
+            Poll::Pending => {
+                // A client that reads nothing of a response for the idle timeout (a stalled
+                // event stream) gives up its connection.
+                if this.phase == Phase::Idle && this.deadline.as_mut().poll(cx).is_ready() {
+                    tracing::debug!("closing a connection: the client stopped reading");
+                    let stalled = "the client stopped reading the response";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, stalled)));
+                }
+                return Poll::Pending;
+            }
+        };
+        if written > 0 {
+            match this.phase {
+                // A response (or a `100 Continue`, after which the body looks like a new
+                // head) means the server has the request: from here, the idle timeout.
+                Phase::Busy | Phase::Headers => {
+                    this.enter(Phase::Idle, this.limits.idle);
+                    // The task may already be waiting to read, from while it was busy, with
+                    // no timer to wake it; register one now (reads and writes share the
+                    // connection's task).
+                    let _ = this.deadline.as_mut().poll(cx);
+                }
+                // More of a response (an event stream's events and heartbeats): a
+                // connection that is written to is not idle.
+                Phase::Idle => this.enter(Phase::Idle, this.limits.idle),
+                Phase::Refused => {}
+            }
         }
         Poll::Ready(Ok(written))
     }

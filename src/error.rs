@@ -22,6 +22,25 @@ pub enum AppError {
     /// An `Idempotency-Key` was reused with a different request body.
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyKeyReused,
+    /// A feed position before the oldest event kept: what came after it is lost to this reader.
+    #[error(
+        "the events after {after} are no longer kept (the feed resumes from {oldest} at the \
+         earliest); resynchronise: take the feed's newest id (the `id:` line a new stream starts \
+         with), list the users again, then follow the feed from that id"
+    )]
+    EventsExpired { after: i64, oldest: i64 },
+    /// A feed position past the newest event: from another database, or from before a restore.
+    #[error(
+        "there is no event {after}: the newest is {newest}, so this position is from another \
+         database or from before a restore; resynchronise: take the feed's newest id, list the \
+         users again, then follow the feed from that id"
+    )]
+    EventsAhead { after: i64, newest: i64 },
+    /// Every stream slot, of the server or of this caller, is taken.
+    #[error(
+        "{limit} event streams are open {whose}, the most allowed; close one or retry later"
+    )]
+    TooManyStreams { limit: usize, whose: &'static str },
     #[error("too many requests; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
     #[error("{0}")]
@@ -54,6 +73,10 @@ pub enum AppError {
 }
 
 impl AppError {
+    /// Whose stream slots [`AppError::TooManyStreams`] speaks of.
+    pub const STREAMS_OF_SERVER: &'static str = "on this server";
+    pub const STREAMS_OF_CALLER: &'static str = "for these credentials";
+
     /// A create or write that would give a second user the same email address.
     pub fn email_taken() -> Self {
         AppError::Conflict("another user already has this email address".into())
@@ -71,6 +94,8 @@ impl AppError {
             AppError::PreconditionFailed => "precondition-failed",
             AppError::PreconditionRequired => "precondition-required",
             AppError::IdempotencyKeyReused => "idempotency-key-reused",
+            AppError::EventsExpired { .. } | AppError::EventsAhead { .. } => "events-expired",
+            AppError::TooManyStreams { .. } => "too-many-streams",
             AppError::RateLimited { .. } => "rate-limited",
             AppError::Conflict(_) => "conflict",
             AppError::Validation(_) => "validation-error",

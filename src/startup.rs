@@ -24,6 +24,9 @@ use crate::{
     store::Store,
 };
 
+/// How long a stop waits for event streams to send their last comment.
+const STREAMS_GRACE: Duration = Duration::from_secs(2);
+
 /// Opens the database for a command run by the operator (`migrate`, `keys`): migrated, with
 /// a service that has no caches, limits or identity provider.
 pub async fn open_for_command(db: &DbArgs) -> Result<(Store, Service), AppError> {
@@ -76,10 +79,14 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     .await?;
     let store = store.serve(&db_settings).await?;
     let service = Arc::new(Service::new(store.clone(), service_settings).await);
-    service.start_background();
+    service.start_background().await?;
     let signal = shutdown_signal()?;
+    let streams = service.clone();
     let shutdown = async move {
         signal.await;
+        // Streams end first, each with its last comment, so that their clients reconnect
+        // elsewhere instead of waiting out the grace period.
+        streams.close_streams(STREAMS_GRACE).await;
         stopping.cancel();
     };
     let workers = tokio::runtime::Handle::current().metrics().num_workers();

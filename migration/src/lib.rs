@@ -6,6 +6,7 @@ mod m20261124_000001_create_users;
 mod m20261124_000002_create_api_keys;
 mod m20261124_000003_audit_and_key_lifecycle;
 mod m20261124_000004_http_semantics;
+mod m20261207_000005_user_events;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_create_api_keys::Migration),
             Box::new(m20261124_000003_audit_and_key_lifecycle::Migration),
             Box::new(m20261124_000004_http_semantics::Migration),
+            Box::new(m20261207_000005_user_events::Migration),
         ]
     }
 }

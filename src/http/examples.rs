@@ -100,6 +100,10 @@ fn example(status: u16, target: &Target, params: &ParamRules) -> Option<Problem>
         },
         409 if target.is_api_keys() => AppError::own_key_revoked(),
         409 => AppError::email_taken(),
+        410 => AppError::EventsExpired {
+            after: 1_200,
+            oldest: 5_000,
+        },
         412 => AppError::PreconditionFailed,
         413 => AppError::PayloadTooLarge { limit: 65_536 },
         415 => {

@@ -6,6 +6,7 @@ mod api_keys;
 mod conditional;
 mod docs;
 mod edge;
+mod events;
 mod examples;
 mod health;
 mod metrics;
@@ -56,6 +57,8 @@ pub struct Settings {
     pub page_cache_bytes: usize,
     /// The identity provider's endpoints, for the served spec.
     pub oauth_flows: Option<OAuthFlowUrls>,
+    /// How often an event stream with nothing to send sends a comment.
+    pub stream_heartbeat: Duration,
 }
 
 /// What the handlers share: the service, and what the HTTP layer keeps of its own.
@@ -96,6 +99,8 @@ impl State {
 enum ApiTags {
     /// Create, read, update and delete users.
     Users,
+    /// The change feed: every committed change of a user, as pages or as a live stream.
+    Events,
     /// Manage API keys (needs the `admin` scope).
     #[oai(rename = "API keys")]
     ApiKeys,

@@ -281,10 +281,17 @@ fn expected(schema: &Value) -> String {
 /// the framework's own type names: what one of our parameter types said of it (after
 /// `failed to parse "<type>": `), or else what the schema asks for.
 fn own_words(reason: &str, schema: &Value) -> String {
+    // A number that did not parse is told what a number must be, not Rust's words for it.
+    let numeric = matches!(schema["type"].as_str(), Some("integer" | "number"));
     reason
         .split_once("\": ")
-        .map(|(_, ours)| ours)
-        .filter(|ours| !ours.contains("failed to parse") && !ours.contains("verification failed"))
+        .map(|(_, ours)| {
+            // The framework's note on the type it parsed into (an optional header's).
+            ours.split(" (occurred while parsing").next().unwrap_or(ours)
+        })
+        .filter(|ours| {
+            !numeric && !ours.contains("failed to parse") && !ours.contains("verification failed")
+        })
         .map_or_else(|| expected(schema), |ours| format!("is not valid: {ours}"))
 }
 

@@ -18,6 +18,9 @@ use poem_openapi::{
 use super::params::{ParamFailure, ParamLocation};
 use crate::{domain::FieldError, error::AppError};
 
+/// What a refused stream is told to wait before trying again.
+const STREAM_RETRY_AFTER_SECS: u64 = 5;
+
 /// The media type of every error body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -125,6 +128,11 @@ impl ResponseError for AppError {
             AppError::PreconditionRequired => StatusCode::PRECONDITION_REQUIRED,
             AppError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::EventsExpired { .. } | AppError::EventsAhead { .. } => StatusCode::GONE,
+            AppError::TooManyStreams { whose, .. } if *whose == AppError::STREAMS_OF_CALLER => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            AppError::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::BadRequest(_) | AppError::BadParameter(_) => StatusCode::BAD_REQUEST,
@@ -206,6 +214,7 @@ impl Problem {
         problem.retry_after = match err {
             AppError::RateLimited { retry_after } => Some(*retry_after),
             AppError::Unavailable(_) => Some(1),
+            AppError::TooManyStreams { .. } => Some(STREAM_RETRY_AFTER_SECS),
             _ => None,
         };
         if let AppError::Validation(errors) = err {
@@ -337,6 +346,9 @@ fn describe(status: u16) -> &'static str {
         409 => {
             "The request conflicts with the current state: another user already has this email address (compared case-insensitively), or a key tried to revoke itself."
         }
+        410 => {
+            "The feed position is not available: its events were pruned (past `--events-retention-hours`) or it is newer than every event (another database, a restore). Resynchronise from `GET /api/v1/users`."
+        }
         412 => {
             "`If-Match` named an ETag that is no longer current: the resource changed meanwhile. Nothing was changed; fetch it again."
         }
@@ -349,7 +361,7 @@ fn describe(status: u16) -> &'static str {
             "The server requires `If-Match` on writes (`--require-if-match`) and it was missing."
         }
         429 => {
-            "Too many requests for this caller (or, unauthenticated, this IP) in the current window. `Retry-After` says when to retry."
+            "Too many requests for this caller (or, unauthenticated, this IP) in the current window, or, for a stream, too many open streams for these credentials. `Retry-After` says when to retry."
         }
         431 => {
             "The request's headers are too large: more than 64 headers, or more than 16 KiB of them."
@@ -358,7 +370,7 @@ fn describe(status: u16) -> &'static str {
             "The server failed; the cause is logged, never sent. Quote the body's `request_id` when reporting it."
         }
         503 => {
-            "A dependency (the identity provider's signing keys, the database) is briefly unavailable; retry after `Retry-After` seconds."
+            "A dependency (the identity provider's signing keys, the database) is briefly unavailable, or, for a stream, every stream slot of the server is taken; retry after `Retry-After` seconds."
         }
         _ => "An error; the body says what went wrong.",
     }
@@ -427,6 +439,8 @@ error_statuses! {
     MetricsErrors: [401, 431];
     /// Listing: bad query parameters or cursor, auth.
     ListErrors: [400, 401, 403, 429, 431, 500, 503];
+    /// Reading the change feed: a position no longer (or never) in it.
+    FeedErrors: [400, 401, 403, 410, 429, 431, 500, 503];
     /// Reading one resource by id.
     OneErrors: [400, 401, 403, 404, 429, 431, 500, 503];
     /// Revoking an API key (not the one making the request).

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::{
     API_PREFIX, HEALTH_TAG, OAuthFlowUrls, api_keys::ApiKeysApi, examples, health::OperationsApi,
-    security, users::UsersApi,
+    events::EventsApi, security, users::UsersApi,
 };
 
 const DESCRIPTION: &str = "\
@@ -35,12 +35,12 @@ the `Link: rel=\"next\"` header.
 `Retry-After`), bodies to 64 KiB by default.";
 
 /// Every API of the service: one value for the spec and the routes alike.
-pub(super) type Apis = (UsersApi, ApiKeysApi, OperationsApi);
+pub(super) type Apis = (UsersApi, EventsApi, ApiKeysApi, OperationsApi);
 
 /// The OpenAPI service: the source of the spec, the routes and the Swagger UI.
 pub(super) fn openapi() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (UsersApi, ApiKeysApi, OperationsApi),
+        (UsersApi, EventsApi, ApiKeysApi, OperationsApi),
         "users-api",
         env!("CARGO_PKG_VERSION"),
     )
@@ -108,7 +108,7 @@ pub fn spec_document(oauth: Option<&OAuthFlowUrls>) -> Value {
     security::describe_oauth(&mut spec, oauth);
     // The main resource first; poem-openapi sorts tags by name.
     if let Some(tags) = spec["tags"].as_array_mut() {
-        let order = ["Users", "API keys", HEALTH_TAG];
+        let order = ["Users", "Events", "API keys", HEALTH_TAG];
         tags.sort_by_key(|tag| order.iter().position(|name| tag["name"] == *name));
     }
     let schemas = &mut spec["components"]["schemas"];
@@ -124,7 +124,15 @@ pub fn spec_document(oauth: Option<&OAuthFlowUrls>) -> Value {
 
 /// The response schemas whose every property the server always sends, `null` where it has no
 /// value: required in the spec, so that generated read models have no "unset" state.
-const ALWAYS_COMPLETE: [&str; 5] = ["User", "UserPage", "ApiKey", "ApiKeyCreated", "ApiKeyPage"];
+const ALWAYS_COMPLETE: [&str; 7] = [
+    "User",
+    "UserPage",
+    "ApiKey",
+    "ApiKeyCreated",
+    "ApiKeyPage",
+    "Event",
+    "EventPage",
+];
 
 fn require_every_property(schema: &mut Value) {
     let names: Vec<Value> = schema["properties"]

@@ -6,6 +6,7 @@
 mod api_keys;
 mod auth;
 pub mod cache;
+mod events;
 pub mod oauth;
 pub mod rate_limit;
 mod users;
@@ -15,12 +16,14 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 pub use self::{
     api_keys::ApiKeyView,
     auth::authorize,
+    events::{EventPage, FeedSettings, StreamItem},
     rate_limit::{Bucket, Decision, Limits},
     users::{Created, Idempotent, ListRequest},
 };
 use self::{
     auth::{KeyCache, KeyUsage},
     cache::{ReadCache, Weight},
+    events::Feed,
     oauth::{OAuthSettings, OAuthVerifier},
     rate_limit::RateLimiter,
 };
@@ -45,6 +48,7 @@ pub struct Settings {
     pub limits: Limits,
     /// Present when OAuth access tokens are accepted.
     pub oauth: Option<OAuthSettings>,
+    pub feed: FeedSettings,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
                 sync: Duration::from_millis(500),
             },
             oauth: None,
+            feed: FeedSettings::default(),
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct Service {
     oauth: Option<OAuthVerifier>,
     /// Present unless every rate limit is off.
     limiter: Option<RateLimiter>,
+    feed: Feed,
 }
 
 impl Service {
@@ -97,14 +103,17 @@ impl Service {
             usage: KeyUsage::default(),
             oauth,
             limiter,
+            feed: Feed::new(settings.feed),
             store,
             settings,
         }
     }
 
-    /// Starts what runs beside the requests until the process ends: writing keys' last use,
-    /// sharing rate-limit counts with other instances, dropping expired idempotency keys.
-    pub fn start_background(self: &Arc<Self>) {
+    /// Starts what runs beside the requests until the process ends: the change feed's
+    /// follower and pruning, writing keys' last use, sharing rate-limit counts with other
+    /// instances, dropping expired idempotency keys.
+    pub async fn start_background(self: &Arc<Self>) -> Result<(), AppError> {
+        self.start_feed().await?;
         let service = self.clone();
         every(self.settings.key_usage_flush, move || {
             let service = service.clone();
@@ -132,6 +141,7 @@ impl Service {
                 }
             }
         });
+        Ok(())
     }
 
     /// What must be written before the process ends: keys' last use.

@@ -3,6 +3,7 @@
 //! [`postgres`]. Nothing here knows HTTP.
 
 pub mod api_keys;
+pub mod events;
 pub mod idempotency;
 mod postgres;
 pub mod rate_limits;
@@ -23,6 +24,7 @@ use sea_orm::{
 
 use crate::{domain::Cursor, error::AppError};
 
+pub use self::events::{FeedBounds, UserEvent, UserSnapshot};
 pub use self::sqlite::DataVersion;
 pub use self::users::{Recorded, UserWrite, Written};
 
@@ -67,6 +69,8 @@ enum Engine {
     Plain,
     /// Serving on SQLite: the writer and the change detector.
     Sqlite(Arc<sqlite::Serving>),
+    /// Serving on PostgreSQL: the change feed's sequencer and listener.
+    Postgres(Arc<postgres::Serving>),
 }
 
 impl Store {
@@ -124,16 +128,41 @@ impl Store {
     }
 
     /// The store as a server uses it: on SQLite, user writes go through one batching writer
-    /// and the WAL is kept within its limit (see [`sqlite`]).
+    /// and the WAL is kept within its limit (see [`sqlite`]); on PostgreSQL, events are
+    /// numbered and every instance hears of it (see [`postgres`]).
     pub async fn serve(self, settings: &DbSettings) -> Result<Store, AppError> {
-        if self.backend() != DbBackend::Sqlite {
-            return Ok(self);
+        let engine = match self.backend() {
+            DbBackend::Sqlite => {
+                Engine::Sqlite(Arc::new(sqlite::Serving::start(&self.db, settings).await?))
+            }
+            DbBackend::Postgres => Engine::Postgres(Arc::new(postgres::Serving::start(&self.db))),
+            _ => return Ok(self),
+        };
+        Ok(Store { engine, ..self })
+    }
+
+    /// After a user write committed outside the SQLite writer.
+    fn wrote(&self) {
+        match &self.engine {
+            Engine::Sqlite(serving) => serving.wrote(),
+            Engine::Postgres(serving) => serving.wrote(),
+            Engine::Plain => {}
         }
-        let serving = sqlite::Serving::start(&self.db, settings).await?;
-        Ok(Store {
-            engine: Engine::Sqlite(Arc::new(serving)),
-            ..self
-        })
+    }
+
+    /// Returns when events may have been added to the feed (by this process or another), or
+    /// after at most `at_most`. One caller at a time: a wake-up that finds nobody waiting is
+    /// kept for the next call.
+    pub async fn events_changed(&self, at_most: Duration) {
+        let wake = match &self.engine {
+            Engine::Sqlite(serving) => serving.events(),
+            Engine::Postgres(serving) => serving.events(),
+            Engine::Plain => {
+                tokio::time::sleep(at_most).await;
+                return;
+            }
+        };
+        let _ = tokio::time::timeout(at_most, wake.notified()).await;
     }
 
     fn backend(&self) -> DbBackend {
@@ -145,7 +174,7 @@ impl Store {
     pub fn data_version(&self) -> Option<DataVersion> {
         match &self.engine {
             Engine::Sqlite(serving) => serving.data_version(),
-            Engine::Plain => None,
+            Engine::Postgres(_) | Engine::Plain => None,
         }
     }
 
@@ -163,7 +192,7 @@ impl Store {
     fn check_file(&self) -> Result<(), AppError> {
         match &self.engine {
             Engine::Sqlite(serving) => serving.check_file(),
-            Engine::Plain => Ok(()),
+            Engine::Postgres(_) | Engine::Plain => Ok(()),
         }
     }
 
@@ -186,8 +215,10 @@ impl Store {
 
     /// Closes every connection: what was committed stays.
     pub async fn close(self) -> Result<(), AppError> {
-        if let Engine::Sqlite(serving) = self.engine {
-            serving.stop().await;
+        match self.engine {
+            Engine::Sqlite(serving) => serving.stop().await,
+            Engine::Postgres(serving) => serving.stop(),
+            Engine::Plain => {}
         }
         Ok(self.db.close().await?)
     }

@@ -12,9 +12,9 @@ use sea_orm::{
 };
 
 pub use super::idempotency::{Once, Recorded};
-use super::{Page, Store, idempotency};
+use super::{Page, Store, events, idempotency};
 use crate::{
-    domain::{Cursor, ListQuery, NewUser, SortField, SortKey, UserChanges},
+    domain::{Cursor, EventKind, ListQuery, NewUser, SortField, SortKey, UserChanges},
     error::AppError,
 };
 
@@ -83,8 +83,10 @@ impl Store {
             && let Some(writer) = serving.writer()
         {
             let outcome = writer.submit(write, actor).await;
-            if let Err(AppError::Unavailable(_)) = &outcome {
-                serving.write_failed();
+            match &outcome {
+                Ok(_) => serving.wrote(),
+                Err(AppError::Unavailable(_)) => serving.write_failed(),
+                Err(_) => {}
             }
             return outcome;
         }
@@ -92,6 +94,7 @@ impl Store {
         match apply(&txn, write, &actor).await? {
             Ok(written) => {
                 txn.commit().await?;
+                self.wrote();
                 Ok(written)
             }
             Err(failed) => {
@@ -127,7 +130,7 @@ pub(super) async fn apply(
             id,
             expected_version,
         } => {
-            let deleted = delete(txn, id, expected_version).await;
+            let deleted = delete(txn, id, expected_version, actor).await;
             matched(txn, id, deleted).await
         }
     };
@@ -228,18 +231,21 @@ fn past_key(column: Column, value: Expr, past_id: Expr, descending: bool) -> Con
         .add(Condition::any().add(beyond).add(past_id))
 }
 
-/// Inserts a user; its error is left for the caller to classify.
+/// Inserts a user, and its event; an error is left for the caller to classify.
 pub(super) async fn insert(
     db: &impl ConnectionTrait,
     user: NewUser,
     actor: &str,
 ) -> Result<Model, DbErr> {
-    new_row(user, actor, super::now()).insert(db).await
+    let model = new_row(user, actor, super::now()).insert(db).await?;
+    events::append(db, EventKind::Created, &model, actor).await?;
+    Ok(model)
 }
 
 /// Several users inserted by one statement, in the given order, each with its creator's audit
-/// name: the users as stored, in the same order. The statement fails as a whole and leaves
-/// nothing of itself (on a duplicate email, say); its error is left for the caller to classify.
+/// name, and their events by another: the users as stored, in the same order. The statement
+/// fails as a whole and leaves nothing of itself (on a duplicate email, say); its error is left
+/// for the caller to classify.
 pub(super) async fn insert_many(
     db: &impl ConnectionTrait,
     users: Vec<(NewUser, &str)>,
@@ -273,6 +279,7 @@ pub(super) async fn insert_many(
             "a multi-row insert returned rows that do not match its requests".into(),
         ));
     }
+    events::append_created(db, &inserted).await?;
     Ok(inserted)
 }
 
@@ -293,9 +300,10 @@ fn new_row(user: NewUser, actor: &str, now: DateTime<Utc>) -> ActiveModel {
     }
 }
 
-/// Applies `changes` in one statement that also bumps the version. With `expected_version`
-/// the statement matches only that version, so of concurrent writers holding the same ETag
-/// exactly one succeeds and the rest get 412: no update is lost. `None` when no row matched.
+/// Applies `changes` in one statement that also bumps the version, and appends the event.
+/// With `expected_version` the statement matches only that version, so of concurrent writers
+/// holding the same ETag exactly one succeeds and the rest get 412: no update is lost. `None`
+/// when no row matched.
 async fn update(
     db: &impl ConnectionTrait,
     id: i64,
@@ -327,21 +335,30 @@ async fn update(
     if let Some(version) = expected_version {
         statement = statement.filter(Column::Version.eq(version));
     }
-    Ok(statement.exec_with_returning(db).await?.pop())
+    let updated = statement.exec_with_returning(db).await?.pop();
+    if let Some(model) = &updated {
+        events::append(db, EventKind::Updated, model, actor).await?;
+    }
+    Ok(updated)
 }
 
-/// Deletes a user; with `expected_version`, only at that version. The user as it was, `None`
-/// when no row matched.
+/// Deletes a user, and appends the event; with `expected_version`, only at that version. The
+/// user as it was, `None` when no row matched.
 async fn delete(
     db: &impl ConnectionTrait,
     id: i64,
     expected_version: Option<i64>,
+    actor: &str,
 ) -> Result<Option<Model>, DbErr> {
     let mut statement = Entity::delete_many().filter(Column::Id.eq(id));
     if let Some(version) = expected_version {
         statement = statement.filter(Column::Version.eq(version));
     }
-    Ok(statement.exec_with_returning(db).await?.pop())
+    let deleted = statement.exec_with_returning(db).await?.pop();
+    if let Some(model) = &deleted {
+        events::append(db, EventKind::Deleted, model, actor).await?;
+    }
+    Ok(deleted)
 }
 
 /// A conditional write's row or, when it matched none, why: the user is gone (404) or its

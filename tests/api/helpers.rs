@@ -150,6 +150,15 @@ impl TestDb {
         command
     }
 
+    /// Runs `sql` on the database, around the server: as an operator, or to age data.
+    #[allow(dead_code)]
+    pub async fn execute(&self, sql: &str) {
+        use sea_orm::ConnectionTrait;
+        let db = sea_orm::Database::connect(&self.url).await.unwrap();
+        db.execute_unprepared(sql).await.unwrap();
+        db.close().await.unwrap();
+    }
+
     /// Creates a key with `keys create` and returns its id and secret (the last stdout line).
     pub fn create_key(&self, scopes: &[&str]) -> (i64, String) {
         let mut args = vec!["keys", "create", "--name", "test"];

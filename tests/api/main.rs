@@ -8,6 +8,7 @@ mod auth;
 mod conditional;
 mod durability;
 mod errors;
+mod events;
 mod hardening;
 mod helpers;
 mod idempotency;

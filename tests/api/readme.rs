@@ -77,6 +77,12 @@ async fn the_readme_examples_run_against_a_live_server() {
         "{stdout}"
     );
     assert!(stdout.contains(r#""role":"Manager""#), "{stdout}");
+    // The feed's first events, then Alice's deletion after them.
+    assert!(
+        stdout.contains("[1,\"user.created\",1]\n[2,\"user.created\",2]\n[3,\"user.updated\",1]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""type":"user.deleted","user_id":1"#), "{stdout}");
     let listed: serde_json::Value = app.list_users("").await.json().await.unwrap();
     let names: Vec<_> = listed["items"]
         .as_array()
@@ -98,6 +104,32 @@ async fn the_readme_examples_run_against_a_live_server() {
     assert_eq!(revoked.status(), 404);
 }
 
+/// The stream example, the README's one `bash` block, prints the events so far and then the
+/// live ones, as Server-Sent Events.
+#[tokio::test]
+async fn the_readme_stream_example_streams() {
+    let app = spawn_app().await;
+    let user = app.create_ok(&serde_json::json!({"name": "Ann", "role": "Dev"})).await;
+    let example = blocks(&readme(), "bash");
+    assert_eq!(example.len(), 1);
+    let script = format!(
+        "export KEY={}\ntimeout 3 {}",
+        app.key,
+        example[0].replace("http://127.0.0.1:5000", &app.base)
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("bash").arg("-c").arg(script).output().unwrap()
+    })
+    .await
+    .unwrap();
+    // Ended by `timeout`, after it printed what it had.
+    assert_eq!(output.status.code(), Some(124));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("retry: "), "{stdout}");
+    assert!(stdout.contains("id: 1\nevent: user.created\ndata: "), "{stdout}");
+    assert!(stdout.contains(&user.to_string()), "{stdout}");
+}
+
 #[test]
 fn examples_are_found_in_order() {
     let text = "x\n<!-- examples -->\n```sh\na\n```\ntext\n```json\nno\n```\n```sh\nb\nc\n```\n<!-- /examples -->\n```sh\nz\n```\n";
@@ -114,7 +146,7 @@ fn the_sdk_examples_are_the_ones_ci_checks() {
     };
     assert_eq!(
         blocks(&readme, "python"),
-        [file(".ci/sdk/readme_example.py")]
+        [file(".ci/sdk/feed_consumer.py"), file(".ci/sdk/readme_example.py")]
     );
     assert_eq!(blocks(&readme, "ts"), [file(".ci/sdk/readme_example.mts")]);
     // The doctest without its `//! ` prefixes and hidden (`# `) lines.

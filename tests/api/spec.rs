@@ -114,9 +114,11 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
             "getReadiness",
             "getUser",
             "listApiKeys",
+            "listEvents",
             "listUsers",
             "replaceUser",
             "revokeApiKey",
+            "streamEvents",
             "updateUser"
         ]
     );
@@ -159,12 +161,13 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
 }
 
 /// RFC 9110's (and RFC 6585's) name of each error status the spec documents.
-const TITLES: [(&str, &str); 14] = [
+const TITLES: [(&str, &str); 15] = [
     ("400", "Bad Request"),
     ("401", "Unauthorized"),
     ("403", "Forbidden"),
     ("404", "Not Found"),
     ("409", "Conflict"),
+    ("410", "Gone"),
     ("412", "Precondition Failed"),
     ("413", "Content Too Large"),
     ("415", "Unsupported Media Type"),

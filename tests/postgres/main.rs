@@ -16,6 +16,8 @@ mod conditional;
 mod durability;
 #[path = "../api/errors.rs"]
 mod errors;
+#[path = "../api/events.rs"]
+mod events;
 #[path = "../api/hardening.rs"]
 mod hardening;
 #[path = "../api/helpers.rs"]

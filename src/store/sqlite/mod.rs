@@ -28,7 +28,7 @@ use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
-use tokio::task::JoinHandle;
+use tokio::{sync::Notify, task::JoinHandle};
 
 pub use self::changes::DataVersion;
 use self::{changes::Changes, wal::WalLimit, writer::Writer};
@@ -101,7 +101,7 @@ async fn dedicated_connection(
 /// A serving process's SQLite machinery (see the module's documentation).
 pub(crate) struct Serving {
     writer: Option<Writer>,
-    changes: Option<Changes>,
+    changes: Option<Arc<Changes>>,
     /// Open while the server runs: it keeps the WAL and its index (the `-shm` file) in place,
     /// which SQLite deletes when the last connection closes, and runs the checkpoints.
     keeper: DatabaseConnection,
@@ -112,7 +112,14 @@ pub(crate) struct Serving {
     /// When a user write last failed for a cause that is not the request's (a full disk, a
     /// lock held elsewhere, an I/O error); readiness fails for a while after.
     write_failed_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Woken when events may have been committed: by this process's writes at once, by other
+    /// processes' within [`CHANGE_POLL_INTERVAL`].
+    events: Arc<Notify>,
 }
+
+/// How often the WAL index is looked at for commits by other processes, for the change feed.
+/// One `pread` of 96 bytes.
+const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// How long readiness fails after a write failed for a cause not the request's: long enough
 /// for a load balancer to see it, short enough that an instance recovers without traffic.
@@ -149,6 +156,20 @@ async fn watch_file(file: PathBuf, lost: Arc<AtomicBool>) {
                  would lose; restore the file or restart the server"
             );
             return;
+        }
+    }
+}
+
+/// Wakes `events` whenever the database changed, whichever process committed: how writes by
+/// other processes on the same file reach this one's change feed.
+async fn watch_commits(changes: Arc<Changes>, events: Arc<Notify>) {
+    let mut seen = changes.version();
+    loop {
+        tokio::time::sleep(CHANGE_POLL_INTERVAL).await;
+        let now = changes.version();
+        if now != seen {
+            seen = now;
+            events.notify_one();
         }
     }
 }
@@ -233,7 +254,7 @@ impl Serving {
             None
         };
         let changes = match &file {
-            Some(file) => Changes::open(file).map_err(|err| {
+            Some(file) => Changes::open(file).map(|c| c.map(Arc::new)).map_err(|err| {
                 AppError::Database(DbErr::Custom(format!(
                     "cannot read the WAL index of {}: {err}",
                     file.display()
@@ -241,6 +262,10 @@ impl Serving {
             })?,
             None => None,
         };
+        let events = Arc::new(Notify::new());
+        if let Some(changes) = &changes {
+            tasks.push(tokio::spawn(watch_commits(changes.clone(), events.clone())));
+        }
         let lost = Arc::new(AtomicBool::new(false));
         if let Some(file) = &file {
             tasks.push(tokio::spawn(watch_file(file.clone(), lost.clone())));
@@ -258,7 +283,18 @@ impl Serving {
             tasks,
             lost,
             write_failed_at: std::sync::Mutex::default(),
+            events,
         })
+    }
+
+    /// Notes that a user write committed: the change feed reads its event now.
+    pub fn wrote(&self) {
+        self.events.notify_one();
+    }
+
+    /// Woken when events may have been committed, by this process or another.
+    pub fn events(&self) -> &Notify {
+        &self.events
     }
 
     /// Notes that a user write failed for a cause not the request's.
