@@ -37,9 +37,7 @@ pub enum AppError {
     )]
     EventsAhead { after: i64, newest: i64 },
     /// Every stream slot, of the server or of this caller, is taken.
-    #[error(
-        "{limit} event streams are open {whose}, the most allowed; close one or retry later"
-    )]
+    #[error("{limit} event streams are open {whose}, the most allowed; close one or retry later")]
     TooManyStreams { limit: usize, whose: &'static str },
     #[error("too many requests; retry in {retry_after} s")]
     RateLimited { retry_after: u64 },

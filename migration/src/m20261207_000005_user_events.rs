@@ -55,8 +55,10 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        db.execute_unprepared("INSERT INTO user_event_feed (singleton, last_id, pruned_through) VALUES (1, 0, 0)")
-            .await?;
+        db.execute_unprepared(
+            "INSERT INTO user_event_feed (singleton, last_id, pruned_through) VALUES (1, 0, 0)",
+        )
+        .await?;
         match manager.get_database_backend() {
             DbBackend::Sqlite => {
                 db.execute_unprepared(

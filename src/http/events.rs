@@ -1,11 +1,6 @@
 //! The change feed's endpoints: a page of events, and the same events as Server-Sent Events.
 
-use std::{
-    fmt::Write as _,
-    sync::Arc,
-    task::Poll,
-    time::Duration,
-};
+use std::{fmt::Write as _, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

@@ -287,7 +287,9 @@ fn own_words(reason: &str, schema: &Value) -> String {
         .split_once("\": ")
         .map(|(_, ours)| {
             // The framework's note on the type it parsed into (an optional header's).
-            ours.split(" (occurred while parsing").next().unwrap_or(ours)
+            ours.split(" (occurred while parsing")
+                .next()
+                .unwrap_or(ours)
         })
         .filter(|ours| {
             !numeric && !ours.contains("failed to parse") && !ours.contains("verification failed")

@@ -6,8 +6,8 @@ use poem_openapi::{ExtraHeader, LicenseObject, OpenApiService};
 use serde_json::{Value, json};
 
 use super::{
-    API_PREFIX, HEALTH_TAG, OAuthFlowUrls, api_keys::ApiKeysApi, examples, health::OperationsApi,
-    events::EventsApi, security, users::UsersApi,
+    API_PREFIX, HEALTH_TAG, OAuthFlowUrls, api_keys::ApiKeysApi, events::EventsApi, examples,
+    health::OperationsApi, security, users::UsersApi,
 };
 
 const DESCRIPTION: &str = "\
@@ -117,6 +117,7 @@ pub fn spec_document(oauth: Option<&OAuthFlowUrls>) -> Value {
     }
     if let Some(schemas) = schemas.as_object_mut() {
         schemas.values_mut().for_each(name_enum_members);
+        schemas.values_mut().for_each(plain_nullable_references);
     }
     examples::add_problem_examples(&mut spec);
     spec
@@ -140,6 +141,32 @@ fn require_every_property(schema: &mut Value) {
         .map(|properties| properties.keys().map(|name| json!(name)).collect())
         .unwrap_or_default();
     schema["required"] = Value::Array(names);
+}
+
+/// A documented, nullable reference to another schema is written by poem-openapi as
+/// `allOf: [{$ref}, {description, nullable}]`, which generators read as a new type merging both
+/// (openapi-python-client made an `EventUserType1` of the `User` an event carries). The second
+/// member only repeats what the property says itself, so it goes: `allOf: [{$ref}]` with the
+/// property's own `nullable`, which they read as "that type, or null".
+fn plain_nullable_references(schema: &mut Value) {
+    let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for property in properties.values_mut() {
+        let Some(all_of) = property.get_mut("allOf").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        let repeats_annotations = |member: &Value| {
+            member.as_object().is_some_and(|member| {
+                member
+                    .keys()
+                    .all(|key| key == "description" || key == "nullable")
+            })
+        };
+        if all_of.len() == 2 && all_of[0]["$ref"].is_string() && repeats_annotations(&all_of[1]) {
+            all_of.truncate(1);
+        }
+    }
 }
 
 /// Names for a string enum's members, where its values are not names themselves

@@ -84,12 +84,14 @@ impl Feed {
 
     /// A stream slot for `principal`, or why there is none.
     fn take_slot(&self, principal: String) -> Result<Slot, AppError> {
-        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
-            AppError::TooManyStreams {
-                limit: self.settings.max_streams,
-                whose: AppError::STREAMS_OF_SERVER,
-            }
-        })?;
+        let permit =
+            self.slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| AppError::TooManyStreams {
+                    limit: self.settings.max_streams,
+                    whose: AppError::STREAMS_OF_SERVER,
+                })?;
         let mut open = self.per_principal.lock().expect("stream count lock");
         let count = open.entry(principal.clone()).or_default();
         if *count >= self.settings.max_streams_per_principal {

@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, TestDb, acknowledged, assert_problem, kill9_under_creates, spawn_app,
-    spawn_app_with, start,
+    TestApp, TestDb, acknowledged, assert_problem, kill9_under_creates, spawn_app, spawn_app_with,
+    start,
 };
 
 /// A Server-Sent Events client: what the stream sent, frame by frame.
@@ -108,7 +108,10 @@ async fn all_events(app: &TestApp, after: i64) -> Vec<Value> {
     let mut after = after;
     loop {
         let response = app
-            .request(Method::GET, &format!("/api/v1/events?after={after}&limit=1000"))
+            .request(
+                Method::GET,
+                &format!("/api/v1/events?after={after}&limit=1000"),
+            )
             .send()
             .await
             .unwrap();
@@ -132,7 +135,11 @@ async fn events_once_numbered(app: &TestApp, after: i64, count: usize) -> Vec<Va
         if events.len() >= count {
             return events;
         }
-        assert!(std::time::Instant::now() < deadline, "{} of {count} events", events.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} events",
+            events.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -167,7 +174,12 @@ async fn creates_updates_and_deletes_are_events_with_the_user_after_the_change()
     let kinds: Vec<_> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        ["user.created", "user.updated", "user.updated", "user.deleted"]
+        [
+            "user.created",
+            "user.updated",
+            "user.updated",
+            "user.deleted"
+        ]
     );
     assert_eq!(events[0]["user"], created);
     assert_eq!(events[1]["user"], replaced);
@@ -224,7 +236,9 @@ async fn creates_updates_and_deletes_are_events_with_the_user_after_the_change()
 async fn a_stream_resumes_after_last_event_id_with_exactly_what_it_missed() {
     let app = spawn_app().await;
     let mut stream = Sse::open(&app, &app.key, "", None).await;
-    let first = app.create_ok(&json!({"name": "First", "role": "Dev"})).await;
+    let first = app
+        .create_ok(&json!({"name": "First", "role": "Dev"}))
+        .await;
     let seen = stream.events(1).await;
     assert_eq!(seen[0]["user"], first);
     drop(stream);
@@ -279,7 +293,9 @@ async fn writes_that_fail_or_roll_back_leave_no_event() {
     let invalid = app.create_user(&json!({"name": "", "role": "Dev"})).await;
     assert_problem(invalid, 422).await;
     // Once a later write's event is in the feed, any event of those would be too.
-    let later = app.create_ok(&json!({"name": "Later", "role": "Dev"})).await;
+    let later = app
+        .create_ok(&json!({"name": "Later", "role": "Dev"}))
+        .await;
     let after = events_once_numbered(&app, 0, 2).await;
     assert_eq!(after.len(), 2, "{after:?}");
     assert_eq!(after[0], before[0]);
@@ -343,7 +359,10 @@ async fn a_position_past_the_retention_is_gone_and_says_how_to_resync() {
     let problem = assert_problem(gone, 410).await;
     assert_eq!(problem["type"], "urn:users-api:problem:events-expired");
     assert!(
-        problem["detail"].as_str().unwrap().contains("list the users again"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("list the users again"),
         "{problem}"
     );
     let resumed = Sse::request(&app, &app.key, "", Some(0)).await;
@@ -402,7 +421,10 @@ async fn streams_are_limited_per_caller_and_per_server_and_need_users_read() {
         if response.status() == 200 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the slot was not freed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was not freed"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(second);
@@ -514,7 +536,12 @@ async fn subscribers_on_two_instances_get_every_change_once_in_one_order() {
     assert_eq!(paged, from_a, "the pages agree");
     let mut received: Vec<_> = from_a.iter().map(|e| e["user"].clone()).collect();
     let mut expected = written;
-    let key = |user: &Value| (user["id"].as_i64(), user["updated_at"].as_str().map(String::from));
+    let key = |user: &Value| {
+        (
+            user["id"].as_i64(),
+            user["updated_at"].as_str().map(String::from),
+        )
+    };
     received.sort_by_key(key);
     expected.sort_by_key(key);
     assert_eq!(received, expected, "every acknowledged change, once");

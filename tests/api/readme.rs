@@ -82,7 +82,10 @@ async fn the_readme_examples_run_against_a_live_server() {
         stdout.contains("[1,\"user.created\",1]\n[2,\"user.created\",2]\n[3,\"user.updated\",1]"),
         "{stdout}"
     );
-    assert!(stdout.contains(r#""type":"user.deleted","user_id":1"#), "{stdout}");
+    assert!(
+        stdout.contains(r#""type":"user.deleted","user_id":1"#),
+        "{stdout}"
+    );
     let listed: serde_json::Value = app.list_users("").await.json().await.unwrap();
     let names: Vec<_> = listed["items"]
         .as_array()
@@ -109,7 +112,9 @@ async fn the_readme_examples_run_against_a_live_server() {
 #[tokio::test]
 async fn the_readme_stream_example_streams() {
     let app = spawn_app().await;
-    let user = app.create_ok(&serde_json::json!({"name": "Ann", "role": "Dev"})).await;
+    let user = app
+        .create_ok(&serde_json::json!({"name": "Ann", "role": "Dev"}))
+        .await;
     let example = blocks(&readme(), "bash");
     assert_eq!(example.len(), 1);
     let script = format!(
@@ -126,7 +131,10 @@ async fn the_readme_stream_example_streams() {
     assert_eq!(output.status.code(), Some(124));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.starts_with("retry: "), "{stdout}");
-    assert!(stdout.contains("id: 1\nevent: user.created\ndata: "), "{stdout}");
+    assert!(
+        stdout.contains("id: 1\nevent: user.created\ndata: "),
+        "{stdout}"
+    );
     assert!(stdout.contains(&user.to_string()), "{stdout}");
 }
 
@@ -146,7 +154,10 @@ fn the_sdk_examples_are_the_ones_ci_checks() {
     };
     assert_eq!(
         blocks(&readme, "python"),
-        [file(".ci/sdk/feed_consumer.py"), file(".ci/sdk/readme_example.py")]
+        [
+            file(".ci/sdk/feed_consumer.py"),
+            file(".ci/sdk/readme_example.py")
+        ]
     );
     assert_eq!(blocks(&readme, "ts"), [file(".ci/sdk/readme_example.mts")]);
     // The doctest without its `//! ` prefixes and hidden (`# `) lines.

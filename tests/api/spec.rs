@@ -143,7 +143,7 @@ fn every_operation_is_named_secured_and_documents_its_errors() {
             tag["name"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(tags, ["Users", "API keys", "Health and metrics"]);
+    assert_eq!(tags, ["Users", "Events", "API keys", "Health and metrics"]);
     let conditional = &spec["paths"]["/api/v1/users/{id}"];
     assert!(conditional["get"]["responses"]["304"].is_object());
     for method in ["put", "patch", "delete"] {

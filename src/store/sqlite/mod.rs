@@ -254,12 +254,14 @@ impl Serving {
             None
         };
         let changes = match &file {
-            Some(file) => Changes::open(file).map(|c| c.map(Arc::new)).map_err(|err| {
-                AppError::Database(DbErr::Custom(format!(
-                    "cannot read the WAL index of {}: {err}",
-                    file.display()
-                )))
-            })?,
+            Some(file) => Changes::open(file)
+                .map(|c| c.map(Arc::new))
+                .map_err(|err| {
+                    AppError::Database(DbErr::Custom(format!(
+                        "cannot read the WAL index of {}: {err}",
+                        file.display()
+                    )))
+                })?,
             None => None,
         };
         let events = Arc::new(Notify::new());
