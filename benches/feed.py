@@ -24,7 +24,7 @@ import bench  # noqa: E402  (the same server, process and wrk helpers)
 
 ROOT = bench.ROOT
 CLIENT = ROOT / "target/production/examples/bench_feed"
-KEYS = 16  # 1,000 streams under the default 64 per key
+KEYS = 16  # the streams are spread over several keys, as several consumers would be
 
 
 def raise_fd_limit():
@@ -42,10 +42,13 @@ def keys(url):
     return made
 
 
-def serve(url, extra=()):
+def serve(url, extra=(), binary=None):
     return bench.Process(
-        [bench.SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", url,
+        [binary or bench.SERVER, "serve", "--bind", "127.0.0.1:0", "--database-url", url,
          "--rate-limit", "0", "--rate-limit-anonymous", "0", "--max-streams", "2000",
+         # A stream whose client left holds its slot until its next write finds the connection
+         # gone; the phases follow each other faster than that.
+         "--max-streams-per-principal", "2000",
          "--max-connections", "4096", "--log-format", "json", *extra],
         "stderr",
     )
@@ -61,16 +64,17 @@ def posts(addr, key, args):
     return bench.wrk(addr, "create", args, key=key)
 
 
-def scenario(name, url, args, two_instances):
+def scenario(name, url, args, two_instances, extra=(), binary=None):
     subscribers, rate, secs = args.subscribers, args.rate, args.seconds
-    writer = serve(url)
-    streams = serve(url) if two_instances else writer
+    writer = serve(url, extra, binary)
+    streams = serve(url, extra, binary) if two_instances else writer
     made = keys(url) if not url.startswith("sqlite") else None
     result = {"scenario": name}
     try:
         key_list = made or args.sqlite_keys
         result["posts_alone"] = posts(writer.addr, key_list[0], args)
         result["feed"] = client(streams.addr, writer.addr, key_list, subscribers, rate, secs)
+        result["rss_mib"] = streams.peak_rss_kib() / 1024
         # wrk's creates while the streams receive every one of them.
         holder = {}
         hold = threading.Thread(target=lambda: holder.update(
@@ -80,7 +84,7 @@ def scenario(name, url, args, two_instances):
         result["posts_with_streams"] = posts(writer.addr, key_list[0], args)
         hold.join()
         result["held"] = holder
-        result["rss_mib"] = streams.peak_rss_kib() / 1024
+        result["rss_flood_mib"] = streams.peak_rss_kib() / 1024
         result["post_ratio"] = result["posts_with_streams"]["rps"] / result["posts_alone"]["rps"]
     finally:
         streams.stop()
@@ -98,18 +102,28 @@ def main():
     parser.add_argument("--postgres", help="a PostgreSQL URL whose database may be dropped")
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "target/feed-bench.json"))
+    parser.add_argument("--without", action="append", default=[], metavar="LABEL=FLAGS",
+                        help="also run the SQLite scenario with these server flags")
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=BINARY",
+                        help="also run the SQLite scenario on another build")
     args = parser.parse_args()
     raise_fd_limit()
     if not args.no_build:
         bench.run(["cargo", "build", "--profile", "production", "--bin", "users-api",
                    "--example", "bench_feed"], cwd=ROOT)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite://{tmp}/feed.db"
-        bench.run([bench.SERVER, "migrate", "--database-url", url, "--log-format", "json"],
-                  stderr=subprocess.DEVNULL)
-        args.sqlite_keys = keys(url)
-        results.append(scenario("SQLite, one instance", url, args, False))
+    variants = [("SQLite, one instance", (), None)]
+    variants += [(f"SQLite, {label}", tuple(flags.split()), None)
+                 for label, flags in (v.split("=", 1) for v in args.without)]
+    variants += [(f"SQLite, {label}", (), Path(binary).resolve())
+                 for label, binary in (v.split("=", 1) for v in args.compare)]
+    for name, extra, binary in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite://{tmp}/feed.db"
+            bench.run([bench.SERVER, "migrate", "--database-url", url, "--log-format", "json"],
+                      stderr=subprocess.DEVNULL)
+            args.sqlite_keys = keys(url)
+            results.append(scenario(name, url, args, False, extra, binary))
     if args.postgres:
         base, _ = args.postgres.rsplit("/", 1)
         admin = f"{base}/postgres"
@@ -121,13 +135,15 @@ def main():
                   stderr=subprocess.DEVNULL)
         results.append(scenario("PostgreSQL, two instances", url, args, True))
     Path(args.json).write_text(json.dumps(results, indent=2))
-    print(f"\n{'scenario':28} {'p50 ms':>8} {'p99 ms':>8} {'missing':>8} {'dup':>5} "
-          f"{'POST alone':>11} {'with streams':>13} {'ratio':>6} {'RSS MiB':>8}")
+    print(f"\n{'scenario':36} {'writes/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'missing':>7} "
+          f"{'dup':>4} {'RSS MiB':>8} {'POST alone':>10} {'with streams':>12} {'ratio':>6} "
+          f"{'RSS then':>8}")
     for r in results:
         f = r["feed"]
-        print(f"{r['scenario']:28} {f['p50_ms']:8.1f} {f['p99_ms']:8.1f} {f['missing']:8} "
-              f"{f['duplicates']:5} {r['posts_alone']['rps']:11.0f} "
-              f"{r['posts_with_streams']['rps']:13.0f} {r['post_ratio']:6.2f} {r['rss_mib']:8.1f}")
+        print(f"{r['scenario']:36} {f['write_rate']:8.0f} {f['p50_ms']:7.1f} {f['p99_ms']:7.1f} "
+              f"{f['missing']:7} {f['duplicates']:4} {r['rss_mib']:8.1f} "
+              f"{r['posts_alone']['rps']:10.0f} {r['posts_with_streams']['rps']:12.0f} "
+              f"{r['post_ratio']:6.2f} {r['rss_flood_mib']:8.1f}")
     print(f"(details in {args.json})")
 
 

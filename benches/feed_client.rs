@@ -20,7 +20,7 @@ use tokio::{
     net::TcpStream,
 };
 
-const WRITERS: usize = 16;
+const WRITERS: usize = 50;
 
 /// What one subscriber saw: each event's user id and arrival time (µs from the start).
 struct Seen {

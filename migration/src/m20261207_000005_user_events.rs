@@ -1,6 +1,9 @@
 use sea_orm_migration::{prelude::*, schema::*, sea_orm::DbBackend};
 
 /// The change feed: every committed write of a user appends an event in the same transaction.
+/// On SQLite, triggers append the events of inserts and updates within the writing statement
+/// itself, so a batch of creates stays one statement; deletions (whose actor the row does not
+/// hold) and every write on PostgreSQL append theirs from `store::events`.
 ///
 /// An event's public `id` must increase in the order events become visible, so that a reader
 /// that moved past an id never misses a smaller one committed later. `seq` is the insertion
@@ -67,6 +70,18 @@ impl MigrationTrait for Migration {
                      BEGIN UPDATE user_events SET id = NEW.seq WHERE seq = NEW.seq; END",
                 )
                 .await?;
+                for (event, trigger, actor, at) in [
+                    ("created", "INSERT", "created_by", "created_at"),
+                    ("updated", "UPDATE", "updated_by", "updated_at"),
+                ] {
+                    db.execute_unprepared(&format!(
+                        "CREATE TRIGGER user_events_{event} AFTER {trigger} ON users BEGIN \
+                         INSERT INTO user_events (type, user_id, user, actor, created_at) \
+                         VALUES ('user.{event}', NEW.id, {SNAPSHOT}, \
+                         coalesce(NEW.{actor}, ''), NEW.{at}); END"
+                    ))
+                    .await?;
+                }
             }
             DbBackend::Postgres => {
                 db.execute_unprepared(
@@ -95,6 +110,11 @@ impl MigrationTrait for Migration {
             .await
     }
 }
+
+/// The user after a change, as `store::events::UserSnapshot` reads it.
+const SNAPSHOT: &str = "json_object('id', NEW.id, 'name', NEW.name, 'role', NEW.role, \
+    'email', NEW.email, 'created_at', NEW.created_at, 'updated_at', NEW.updated_at, \
+    'created_by', NEW.created_by, 'updated_by', NEW.updated_by, 'version', NEW.version)";
 
 /// Numbers committed, unnumbered events (up to 5,000) after the last id given, in insertion
 /// order, and returns how many. Callers take turns on an advisory lock held to the end of the

@@ -1,6 +1,6 @@
 //! The change feed's endpoints: a page of events, and the same events as Server-Sent Events.
 
-use std::{fmt::Write as _, sync::Arc, task::Poll, time::Duration};
+use std::{sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -32,19 +32,19 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum EventType {
     #[oai(rename = "user.created")]
-    UserCreated,
+    Created,
     #[oai(rename = "user.updated")]
-    UserUpdated,
+    Updated,
     #[oai(rename = "user.deleted")]
-    UserDeleted,
+    Deleted,
 }
 
 impl From<EventType> for EventKind {
     fn from(kind: EventType) -> Self {
         match kind {
-            EventType::UserCreated => EventKind::Created,
-            EventType::UserUpdated => EventKind::Updated,
-            EventType::UserDeleted => EventKind::Deleted,
+            EventType::Created => EventKind::Created,
+            EventType::Updated => EventKind::Updated,
+            EventType::Deleted => EventKind::Deleted,
         }
     }
 }
@@ -52,9 +52,9 @@ impl From<EventType> for EventKind {
 impl From<EventKind> for EventType {
     fn from(kind: EventKind) -> Self {
         match kind {
-            EventKind::Created => EventType::UserCreated,
-            EventKind::Updated => EventType::UserUpdated,
-            EventKind::Deleted => EventType::UserDeleted,
+            EventKind::Created => EventType::Created,
+            EventKind::Updated => EventType::Updated,
+            EventKind::Deleted => EventType::Deleted,
         }
     }
 }
@@ -87,7 +87,7 @@ impl Example for Event {
         let user = User::example();
         Event {
             id: 42,
-            event_type: EventType::UserUpdated,
+            event_type: EventType::Updated,
             user_id: user.id,
             actor: user.updated_by.clone().unwrap_or_default(),
             created_at: user.updated_at,
@@ -193,29 +193,23 @@ pub enum StreamEventsResponse {
 /// How long a client is asked to wait before reconnecting, in milliseconds.
 const RETRY_MS: u64 = 2000;
 
-/// The text of one stream item.
-fn render(item: StreamItem) -> Bytes {
-    let mut text = String::new();
+/// One event as the stream sends it.
+fn frame(event: &UserEvent) -> Bytes {
+    let data = Event::from(event).to_json_string();
+    let kind = event.kind.as_str();
+    Bytes::from(format!("id: {}\nevent: {kind}\ndata: {data}\n\n", event.id))
+}
+
+/// The text of one stream item, a piece per event: an event is rendered once for all
+/// streams, and each stream's connection holds the shared bytes, not a copy.
+fn render(item: StreamItem) -> Vec<Bytes> {
     match item {
-        StreamItem::Start(position) => {
-            let _ = write!(text, "retry: {RETRY_MS}\nid: {position}\n\n");
-        }
-        StreamItem::Events(events) => {
-            for event in events {
-                let data = Event::from(event.as_ref()).to_json_string();
-                let _ = write!(
-                    text,
-                    "id: {}\nevent: {}\ndata: {data}\n\n",
-                    event.id,
-                    event.kind.as_str()
-                );
-            }
-        }
-        StreamItem::End(reason) => {
-            let _ = write!(text, ": {reason}\n\n");
-        }
+        StreamItem::Start(position) => vec![Bytes::from(format!(
+            "retry: {RETRY_MS}\nid: {position}\n\n"
+        ))],
+        StreamItem::Events(events) => events.iter().map(|event| event.rendered(frame)).collect(),
+        StreamItem::End(reason) => vec![Bytes::from(format!(": {reason}\n\n"))],
     }
-    Bytes::from(text)
 }
 
 /// The stream's items as text, with a comment after each `heartbeat` without one.
@@ -223,12 +217,12 @@ fn with_heartbeat(
     items: impl Stream<Item = StreamItem> + Send + 'static,
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    let mut items = Box::pin(items.map(render));
+    let mut pieces = Box::pin(items.map(render).flat_map(futures_util::stream::iter));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     futures_util::stream::poll_fn(move |cx| {
-        if let Poll::Ready(item) = items.poll_next_unpin(cx) {
+        if let Poll::Ready(piece) = pieces.poll_next_unpin(cx) {
             ticks.reset();
-            return Poll::Ready(item.map(Ok));
+            return Poll::Ready(piece.map(Ok));
         }
         ticks
             .poll_tick(cx)

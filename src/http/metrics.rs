@@ -1,10 +1,10 @@
-//! Prometheus metrics: requests by operation and status, latency, pool use, read-cache
-//! lookups, rate-limit refusals.
+//! Prometheus metrics: requests by operation and status, latency, pool use, open event
+//! streams, read-cache lookups, rate-limit refusals.
 
 use poem::http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// This process's metrics; each instance is scraped on its own.
@@ -13,6 +13,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     pool: IntGaugeVec,
+    streams: IntGauge,
     read_cache: IntCounterVec,
     rate_limited: IntCounter,
 }
@@ -45,6 +46,8 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
+        let streams =
+            IntGauge::new("event_streams", "Change feed streams open now").expect("valid metric");
         let read_cache = IntCounterVec::new(
             Opts::new(
                 "read_cache_lookups_total",
@@ -63,6 +66,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(latency.clone()),
             Box::new(pool.clone()),
+            Box::new(streams.clone()),
             Box::new(read_cache.clone()),
             Box::new(rate_limited.clone()),
         ] {
@@ -73,6 +77,7 @@ impl Metrics {
             requests,
             latency,
             pool,
+            streams,
             read_cache,
             rate_limited,
         }
@@ -92,9 +97,16 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges and the counts kept elsewhere read now: the pool's
-    /// connections in use and idle, and each read cache's hits and misses since start.
-    pub fn render(&self, pool: (u32, u32), caches: &[(&str, Option<(u64, u64)>)]) -> String {
+    /// connections in use and idle, the streams open, and each read cache's hits and misses
+    /// since start.
+    pub fn render(
+        &self,
+        pool: (u32, u32),
+        streams: usize,
+        caches: &[(&str, Option<(u64, u64)>)],
+    ) -> String {
         let (in_use, idle) = pool;
+        self.streams.set(streams as i64);
         self.pool
             .with_label_values(&["in_use"])
             .set(i64::from(in_use));
@@ -125,17 +137,18 @@ mod tests {
         metrics.observe("getUser", StatusCode::OK, 0.001);
         metrics.observe("getUser", StatusCode::OK, 0.002);
         metrics.observe("listUsers", StatusCode::TOO_MANY_REQUESTS, 0.001);
-        let text = metrics.render((1, 3), &[("user", Some((5, 2))), ("page", None)]);
+        let text = metrics.render((1, 3), 7, &[("user", Some((5, 2))), ("page", None)]);
         for expected in [
             r#"users_api_http_requests_total{operation="getUser",status="200"} 2"#,
             r#"users_api_http_request_duration_seconds_count{operation="getUser"} 2"#,
             r#"users_api_db_pool_connections{state="idle"} 3"#,
+            "users_api_event_streams 7",
             r#"users_api_read_cache_lookups_total{cache="user",outcome="hit"} 5"#,
             "users_api_rate_limit_rejections_total 1",
         ] {
             assert!(text.contains(expected), "{expected} in {text}");
         }
-        let again = metrics.render((0, 0), &[("user", Some((6, 2)))]);
+        let again = metrics.render((0, 0), 0, &[("user", Some((6, 2)))]);
         assert!(
             again.contains(r#"users_api_read_cache_lookups_total{cache="user",outcome="hit"} 6"#)
         );

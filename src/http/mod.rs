@@ -87,6 +87,7 @@ impl State {
         let counts = |cache: Option<(u64, u64)>| cache;
         self.metrics.render(
             self.service.pool_connections(),
+            self.service.open_streams(),
             &[
                 ("user", counts(self.users.as_ref().map(ReadCache::counts))),
                 ("page", counts(self.pages.as_ref().map(ReadCache::counts))),

@@ -16,7 +16,7 @@ use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{Service, authorize};
+use super::{Service, authorize, rendered::SharedEvent};
 use crate::{
     domain::{EventKind, Principal, Scope},
     error::AppError,
@@ -31,6 +31,9 @@ pub struct FeedSettings {
     /// Streams open at once, in all and per principal.
     pub max_streams: usize,
     pub max_streams_per_principal: usize,
+    /// The follower reads at most once per this: events committed meanwhile reach the streams
+    /// as one batch, a write to each instead of one per event (0: a read per wake-up).
+    pub gather: Duration,
 }
 
 impl Default for FeedSettings {
@@ -39,17 +42,22 @@ impl Default for FeedSettings {
             retention: Duration::from_secs(168 * 3600),
             max_streams: 512,
             max_streams_per_principal: 64,
+            gather: Duration::from_millis(10),
         }
     }
 }
 
 /// Events handed from the follower to the streams: one read of the table.
-type Batch = Arc<[Arc<UserEvent>]>;
+type Batch = Arc<[Arc<SharedEvent>]>;
 
-/// Batches the channel holds for the slowest stream before it has to read the table itself.
-const LIVE_CAPACITY: usize = 1024;
-/// Events read from the table at once, by the follower and by a stream catching up.
+/// Batches the channel holds for the slowest stream before it has to read the table itself:
+/// over a second of events at the default gathering, and at most 64,000 events in memory.
+const LIVE_CAPACITY: usize = 128;
+/// Events the follower reads from the table at once.
 const READ_CHUNK: u64 = 500;
+/// Events a stream catching up reads at once: what it holds of its own, not shared with
+/// other streams, so a thousand lagging streams hold a bounded amount.
+const CATCH_UP_CHUNK: u64 = 100;
 /// How long the follower waits for a wake-up before it reads anyway.
 const FOLLOW_FALLBACK: Duration = Duration::from_secs(1);
 /// How often events past the retention are pruned.
@@ -149,7 +157,7 @@ pub enum StreamItem {
     /// First: the position the stream starts after.
     Start(i64),
     /// Events, in id order.
-    Events(Vec<Arc<UserEvent>>),
+    Events(Vec<Arc<SharedEvent>>),
     /// Last: why the stream ends.
     End(&'static str),
 }
@@ -274,6 +282,7 @@ impl Service {
         tokio::spawn(follow(
             self.store.clone(),
             newest,
+            self.feed.settings.gather,
             self.feed.live.clone(),
             self.feed.closing.clone(),
         ));
@@ -305,15 +314,20 @@ impl Service {
 async fn follow(
     store: Store,
     mut last: i64,
+    gather: Duration,
     live: broadcast::Sender<Batch>,
     closing: CancellationToken,
 ) {
     let mut failing = false;
+    let mut read_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = closing.cancelled() => return,
             () = store.events_changed(FOLLOW_FALLBACK) => {}
         }
+        // What commits within `gather` of the last read goes out with this one.
+        tokio::time::sleep_until(read_at + gather).await;
+        read_at = tokio::time::Instant::now();
         loop {
             match store.events_after(last, READ_CHUNK, None).await {
                 Ok(events) => {
@@ -322,7 +336,8 @@ async fn follow(
                     last = newest.id;
                     let full = events.len() as u64 == READ_CHUNK;
                     // No stream listening is no error: they read the table when they come.
-                    let _ = live.send(events.into_iter().map(Arc::new).collect());
+                    let shared = events.into_iter().map(SharedEvent::new).map(Arc::new);
+                    let _ = live.send(shared.collect());
                     if !full {
                         break;
                     }
@@ -405,7 +420,7 @@ impl Reader {
     }
 
     /// The events after the position, of the stream's kind, moving the position past them.
-    fn pass(&mut self, events: impl Iterator<Item = Arc<UserEvent>>) -> Vec<Arc<UserEvent>> {
+    fn pass(&mut self, events: impl Iterator<Item = Arc<SharedEvent>>) -> Vec<Arc<SharedEvent>> {
         let mut passed = Vec::new();
         for event in events {
             if event.id <= self.position {
@@ -422,7 +437,7 @@ impl Reader {
     /// The next chunk from the table; once a chunk is short, the stream is caught up and
     /// follows live events. Its events are of every kind, so that the position moves past
     /// what the stream does not want too.
-    async fn read_table(&mut self) -> Result<Vec<Arc<UserEvent>>, &'static str> {
+    async fn read_table(&mut self) -> Result<Vec<Arc<SharedEvent>>, &'static str> {
         let from = self.position;
         let unavailable = |err: AppError| {
             tracing::warn!(error = %err, "a stream cannot read the feed");
@@ -430,16 +445,20 @@ impl Reader {
         };
         let events = self
             .store
-            .events_after(from, READ_CHUNK, None)
+            .events_after(from, CATCH_UP_CHUNK, None)
             .await
             .map_err(unavailable)?;
         let bounds = self.store.feed_bounds().await.map_err(unavailable)?;
         if from < bounds.pruned_through {
             return Err(ENDED_EXPIRED);
         }
-        if (events.len() as u64) < READ_CHUNK {
+        if (events.len() as u64) < CATCH_UP_CHUNK {
             self.catching_up = false;
         }
-        Ok(self.pass(events.into_iter().map(Arc::new)))
+        Ok(self.pass(
+            events
+                .into_iter()
+                .map(|event| Arc::new(SharedEvent::new(event))),
+        ))
     }
 }

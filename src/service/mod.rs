@@ -9,6 +9,7 @@ pub mod cache;
 mod events;
 pub mod oauth;
 pub mod rate_limit;
+mod rendered;
 mod users;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -18,6 +19,7 @@ pub use self::{
     auth::authorize,
     events::{EventPage, FeedSettings, StreamItem},
     rate_limit::{Bucket, Decision, Limits},
+    rendered::SharedEvent,
     users::{Created, Idempotent, ListRequest},
 };
 use self::{

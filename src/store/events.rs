@@ -11,8 +11,8 @@ use entity::{
     users,
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait, sea_query::Expr,
 };
 use serde::{Deserialize, Serialize};
 
@@ -86,24 +86,38 @@ fn row(kind: EventKind, user: &users::Model, actor: &str, now: DateTime<Utc>) ->
     }
 }
 
-/// Appends the event of one write, inside the write's transaction.
+/// Whether the database writes the event of a `kind` of write itself: on SQLite, triggers
+/// append the events of inserts and updates within the writing statement (see the migration),
+/// which keeps a batch of creates one statement.
+fn by_trigger(db: &impl ConnectionTrait, kind: EventKind) -> bool {
+    db.get_database_backend() == DbBackend::Sqlite && kind != EventKind::Deleted
+}
+
+/// Appends the event of one write, inside the write's transaction, unless the database does.
 pub(super) async fn append(
     db: &impl ConnectionTrait,
     kind: EventKind,
     user: &users::Model,
     actor: &str,
 ) -> Result<(), DbErr> {
+    if by_trigger(db, kind) {
+        return Ok(());
+    }
     Entity::insert(row(kind, user, actor, super::now()))
         .exec_without_returning(db)
         .await
         .map(drop)
 }
 
-/// Appends one `user.created` per new user, in their order, in one statement.
+/// Appends one `user.created` per new user, in their order, in one statement, unless the
+/// database does.
 pub(super) async fn append_created(
     db: &impl ConnectionTrait,
     created: &[users::Model],
 ) -> Result<(), DbErr> {
+    if by_trigger(db, EventKind::Created) || created.is_empty() {
+        return Ok(());
+    }
     let now = super::now();
     let rows = created.iter().map(|user| {
         let actor = user.created_by.as_deref().unwrap_or_default();
