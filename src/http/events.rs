@@ -11,7 +11,7 @@ use poem_openapi::{
     param::{Header, Query},
     payload::Payload,
     registry::{MetaSchemaRef, Registry},
-    types::{Email, Example, ToJSON, Type},
+    types::{Email, ToJSON, Type},
 };
 
 use super::{
@@ -61,8 +61,9 @@ impl From<EventKind> for EventType {
 
 /// A committed change of a user. Ids increase in the order changes were committed, the same
 /// for every reader; a reader that has event `n` has every event before it.
+// No example: the recommended lint checks examples with a validator that refuses `nullable`
+// without a `type`, the form `user` needs (see `http::spec`). Swagger UI makes one up.
 #[derive(Debug, Clone, Object)]
-#[oai(example)]
 pub struct Event {
     /// The event's position in the feed: pass it as `after` (or `Last-Event-ID`) to resume.
     pub id: i64,
@@ -80,20 +81,6 @@ pub struct Event {
     pub actor: String,
     /// When the change was committed (RFC 3339, UTC).
     pub created_at: DateTime<Utc>,
-}
-
-impl Example for Event {
-    fn example() -> Self {
-        let user = User::example();
-        Event {
-            id: 42,
-            event_type: EventType::Updated,
-            user_id: user.id,
-            actor: user.updated_by.clone().unwrap_or_default(),
-            created_at: user.updated_at,
-            user: Some(user),
-        }
-    }
 }
 
 impl From<&UserSnapshot> for User {

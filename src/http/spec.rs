@@ -147,7 +147,8 @@ fn require_every_property(schema: &mut Value) {
 /// `allOf: [{$ref}, {description, nullable}]`, which generators read as a new type merging both
 /// (openapi-python-client made an `EventUserType1` of the `User` an event carries). The second
 /// member only repeats what the property says itself, so it goes: `allOf: [{$ref}]` with the
-/// property's own `nullable`, which they read as "that type, or null".
+/// property's own `nullable`, which they read as "that type, or null". (With a `type: object`
+/// beside it, as OpenAPI 3.0.3's wording would have it, openapi-python-client drops the null.)
 fn plain_nullable_references(schema: &mut Value) {
     let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else {
         return;

@@ -549,3 +549,60 @@ async fn subscribers_on_two_instances_get_every_change_once_in_one_order() {
     expected.sort_by_key(key);
     assert_eq!(received, expected, "every acknowledged change, once");
 }
+
+/// A client that opens a stream and then reads nothing is dropped once its connection has
+/// taken no bytes for the idle timeout, and writers meanwhile go on at their pace.
+#[tokio::test]
+async fn a_stalled_stream_is_dropped_and_never_slows_writers() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(&["--idle-timeout-secs", "1", "--rate-limit", "0"]).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = app.base.trim_start_matches("http://").parse().unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        app.key
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let open = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("users_api_event_streams "))
+            .map(|count| count.trim().to_owned())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open(&app.metrics().await).as_deref() != Some("1") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream did not open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Writes fill the stalled connection's buffers, then go on without it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut written = 0;
+    let app = &app;
+    loop {
+        let batch = (0..50).map(|i| {
+            let body = json!({"name": format!("Filler {written} {i}"), "role": "x".repeat(50)});
+            async move { app.create_user(&body).await.status() }
+        });
+        let started = std::time::Instant::now();
+        let statuses = futures_util::future::join_all(batch).await;
+        assert!(statuses.iter().all(|status| *status == 201));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "writers were held up"
+        );
+        written += 50;
+        if open(&app.metrics().await).as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled stream was still open after {written} writes"
+        );
+    }
+    drop(stalled);
+}
