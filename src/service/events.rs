@@ -255,8 +255,8 @@ impl Service {
         }))
     }
 
-    /// Ends every stream (each with its last comment) and refuses new ones; returns once they
-    /// have ended, or after `grace`.
+    /// Ends every stream, each with its last comment (one opened after this ends at once);
+    /// returns once they have ended, or after `grace`.
     pub async fn close_streams(&self, grace: Duration) {
         self.feed.closing.cancel();
         if self.feed.open_streams() == 0 {
