@@ -64,11 +64,10 @@ const FOLLOW_FALLBACK: Duration = Duration::from_secs(1);
 const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why a stream ended, told to its client as a last comment.
-pub const ENDED_SHUTDOWN: &str = "the server is shutting down; reconnect with Last-Event-ID";
-pub const ENDED_EXPIRED: &str =
+const ENDED_SHUTDOWN: &str = "the server is shutting down; reconnect with Last-Event-ID";
+const ENDED_EXPIRED: &str =
     "this stream fell behind the feed's retention; reconnect to learn how to resynchronise";
-pub const ENDED_UNAVAILABLE: &str =
-    "the feed cannot be read right now; reconnect with Last-Event-ID";
+const ENDED_UNAVAILABLE: &str = "the feed cannot be read right now; reconnect with Last-Event-ID";
 
 /// The live side of the feed, shared by every stream of the process.
 pub(super) struct Feed {
@@ -194,7 +193,7 @@ impl Service {
         loop {
             let start = match after {
                 Some(after) => after,
-                None => self.store.feed_bounds().await?.pruned_through,
+                None => self.store.pruned_through().await?,
             };
             let mut items = self.store.events_after(start, limit + 1, kind).await?;
             // Read after the page: unmoved, nothing after `start` had been pruned before it.
@@ -448,8 +447,8 @@ impl Reader {
             .events_after(from, CATCH_UP_CHUNK, None)
             .await
             .map_err(unavailable)?;
-        let bounds = self.store.feed_bounds().await.map_err(unavailable)?;
-        if from < bounds.pruned_through {
+        let pruned_through = self.store.pruned_through().await.map_err(unavailable)?;
+        if from < pruned_through {
             return Err(ENDED_EXPIRED);
         }
         if (events.len() as u64) < CATCH_UP_CHUNK {

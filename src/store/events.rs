@@ -178,12 +178,17 @@ impl Store {
         Ok(events?)
     }
 
-    /// Where the feed starts and ends now.
-    pub async fn feed_bounds(&self) -> Result<FeedBounds, AppError> {
-        let pruned_through = user_event_feed::Entity::find_by_id(1)
+    /// Every event up to this id has been pruned.
+    pub async fn pruned_through(&self) -> Result<i64, AppError> {
+        Ok(user_event_feed::Entity::find_by_id(1)
             .one(&self.db)
             .await?
-            .map_or(0, |feed| feed.pruned_through);
+            .map_or(0, |feed| feed.pruned_through))
+    }
+
+    /// Where the feed starts and ends now.
+    pub async fn feed_bounds(&self) -> Result<FeedBounds, AppError> {
+        let pruned_through = self.pruned_through().await?;
         let newest: Option<Option<i64>> = Entity::find()
             .select_only()
             .column_as(Column::Id.max(), "newest")
@@ -204,11 +209,11 @@ impl Store {
     pub async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, AppError> {
         let mut pruned = 0;
         loop {
-            let bounds = self.feed_bounds().await?;
+            let pruned_through = self.pruned_through().await?;
             let ids: Vec<Option<i64>> = Entity::find()
                 .select_only()
                 .column(Column::Id)
-                .filter(Column::Id.gt(bounds.pruned_through))
+                .filter(Column::Id.gt(pruned_through))
                 .filter(Column::CreatedAt.lt(before))
                 .order_by_asc(Column::Id)
                 .limit(PRUNE_CHUNK)
@@ -220,7 +225,7 @@ impl Store {
             };
             let txn = self.db.begin().await?;
             let deleted = Entity::delete_many()
-                .filter(Column::Id.gt(bounds.pruned_through))
+                .filter(Column::Id.gt(pruned_through))
                 .filter(Column::Id.lte(upto))
                 .exec(&txn)
                 .await?;

@@ -102,21 +102,23 @@ impl Sse {
     }
 }
 
+/// `GET /api/v1/events{query}`, which must answer a page.
+async fn page(app: &TestApp, query: &str) -> Value {
+    let response = app
+        .request(Method::GET, &format!("/api/v1/events{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{query}");
+    response.json().await.unwrap()
+}
+
 /// Every event after `after`, read page by page.
 async fn all_events(app: &TestApp, after: i64) -> Vec<Value> {
     let mut events = Vec::new();
     let mut after = after;
     loop {
-        let response = app
-            .request(
-                Method::GET,
-                &format!("/api/v1/events?after={after}&limit=1000"),
-            )
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let page: Value = response.json().await.unwrap();
+        let page = page(app, &format!("?after={after}&limit=1000")).await;
         let items = page["items"].as_array().unwrap();
         events.extend(items.iter().cloned());
         after = page["next_after"].as_i64().unwrap();
@@ -194,39 +196,15 @@ async fn creates_updates_and_deletes_are_events_with_the_user_after_the_change()
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
 
     // The pages tell the same, from the oldest event by default.
-    let page: Value = app
-        .request(Method::GET, "/api/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(page["items"], json!(events));
-    assert_eq!(page["next_after"], ids[3]);
-    assert_eq!(page["has_more"], false);
-    let page: Value = app
-        .request(
-            Method::GET,
-            &format!("/api/v1/events?after={}&limit=1", ids[0]),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(page["items"], json!([events[1]]));
-    assert_eq!(page["has_more"], true);
+    let first = page(&app, "").await;
+    assert_eq!(first["items"], json!(events));
+    assert_eq!(first["next_after"], ids[3]);
+    assert_eq!(first["has_more"], false);
+    let one = page(&app, &format!("?after={}&limit=1", ids[0])).await;
+    assert_eq!(one["items"], json!([events[1]]));
+    assert_eq!(one["has_more"], true);
     // One type only, in pages and in a stream.
-    let deleted: Value = app
-        .request(Method::GET, "/api/v1/events?type=user.deleted")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deleted = page(&app, "?type=user.deleted").await;
     assert_eq!(deleted["items"], json!([events[3]]));
     let mut only_deleted = Sse::open(&app, &app.key, "?type=user.deleted&after=0", None).await;
     assert_eq!(only_deleted.events(1).await, [events[3].clone()]);
@@ -374,14 +352,7 @@ async fn a_position_past_the_retention_is_gone_and_says_how_to_resync() {
     let kept = all_events(&app, 2).await;
     assert_eq!(ids(&kept), [3, 4]);
     assert_eq!(kept[1]["user"], newer);
-    let oldest: Value = app
-        .request(Method::GET, "/api/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let oldest = page(&app, "").await;
     assert_eq!(ids(oldest["items"].as_array().unwrap()), [3, 4]);
     // A position ahead of every event is from another database: also a resync.
     let ahead = app
@@ -449,7 +420,6 @@ async fn streams_are_limited_per_caller_and_per_server_and_need_users_read() {
         .await
         .unwrap();
     assert_problem(page, 403).await;
-    let bad = Sse::request(&app, &app.key, "", None);
     let bad_id = app
         .client
         .get(app.url("/api/v1/events/stream"))
@@ -458,7 +428,6 @@ async fn streams_are_limited_per_caller_and_per_server_and_need_users_read() {
         .send()
         .await
         .unwrap();
-    drop(bad);
     let problem = assert_problem(bad_id, 400).await;
     assert_eq!(
         problem["errors"][0]["message"], "must be an integer of at least 0",
