@@ -144,22 +144,21 @@ fn examples_are_found_in_order() {
     assert_eq!(examples(text), ["a\n", "b\nc\n"]);
 }
 
-/// The README's SDK examples are the programs CI type-checks (`mypy --strict`, `tsc --strict`)
-/// and runs against a live server, and the Rust client's doctest, which this suite compiles.
+/// The README's feed consumer and the SDK examples of `docs/sdks.md` are the programs CI
+/// type-checks (`mypy --strict`, `tsc --strict`) and runs against a live server, and the Rust
+/// client's doctest, which this suite compiles.
 #[test]
-fn the_sdk_examples_are_the_ones_ci_checks() {
-    let readme = readme();
+fn the_documented_programs_are_the_ones_ci_checks() {
     let file = |path: &str| {
         std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).expect(path)
     };
     assert_eq!(
-        blocks(&readme, "python"),
-        [
-            file(".ci/sdk/feed_consumer.py"),
-            file(".ci/sdk/readme_example.py")
-        ]
+        blocks(&readme(), "python"),
+        [file(".ci/sdk/feed_consumer.py")]
     );
-    assert_eq!(blocks(&readme, "ts"), [file(".ci/sdk/readme_example.mts")]);
+    let sdks = file("docs/sdks.md");
+    assert_eq!(blocks(&sdks, "python"), [file(".ci/sdk/sdk_example.py")]);
+    assert_eq!(blocks(&sdks, "ts"), [file(".ci/sdk/sdk_example.mts")]);
     // The doctest without its `//! ` prefixes and hidden (`# `) lines.
     let doc: String = file("openapi/rust-client/src/lib.rs")
         .lines()
@@ -169,6 +168,6 @@ fn the_sdk_examples_are_the_ones_ci_checks() {
         .map(|line| format!("{line}\n"))
         .collect();
     let doctest = blocks(&doc, "no_run");
-    assert_eq!(blocks(&readme, "rust"), doctest);
+    assert_eq!(blocks(&sdks, "rust"), doctest);
     assert_eq!(doctest.len(), 1);
 }
