@@ -3,12 +3,15 @@
 //! for a request's headers (a client that opens a connection and sends nothing, or sends a
 //! header line every few seconds, holds it for nothing), one for an idle keep-alive
 //! connection, limits on a request's head answered as problems (hyper's own would answer
-//! without a body), and on shutdown the end of connections with no request in progress.
+//! without a body), on shutdown the end of connections with no request in progress, and word
+//! of a client that hung up to the response it leaves (an event stream).
 
 use std::{
+    collections::HashMap,
     io,
+    net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -54,20 +57,76 @@ pub struct Guarded {
     slots: Arc<Semaphore>,
     failures: AcceptFailures,
     shutdown: CancellationToken,
+    hangups: Hangups,
 }
 
 impl Guarded {
     /// Once `shutdown` is cancelled, connections without a request in progress (idle, or
     /// still sending headers) close at once, so that a graceful stop waits only for requests
-    /// the server is working on.
-    pub fn new(inner: TcpAcceptor, limits: Limits, shutdown: CancellationToken) -> Self {
+    /// the server is working on. `hangups` learns of every connection's client that hangs up.
+    pub fn new(
+        inner: TcpAcceptor,
+        limits: Limits,
+        shutdown: CancellationToken,
+        hangups: Hangups,
+    ) -> Self {
         Guarded {
             inner,
             limits,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             failures: AcceptFailures::default(),
             shutdown,
+            hangups,
         }
+    }
+}
+
+/// Which open connections' clients have hung up, by the client's address: how a response
+/// still being sent learns that nobody reads it. An event stream between two heartbeats writes
+/// nothing, so without this it would hold its stream slot until its next write failed: hyper
+/// reads the end of the connection and ends its part, but poem's connection task then waits
+/// for the response once more.
+#[derive(Clone, Default)]
+pub struct Hangups(Arc<Mutex<HashMap<SocketAddr, CancellationToken>>>);
+
+impl Hangups {
+    /// Ready once the client of the connection from `remote` has closed it; `None` for an
+    /// address no open connection has.
+    pub fn of(&self, remote: &SocketAddr) -> Option<WaitForCancellationFutureOwned> {
+        let open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(remote)
+            .map(|hangup| hangup.clone().cancelled_owned())
+    }
+
+    fn open(&self, remote: SocketAddr) -> Hangup {
+        let token = CancellationToken::new();
+        let open = &mut self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        open.insert(remote, token.clone());
+        Hangup {
+            remote,
+            token,
+            hangups: self.clone(),
+        }
+    }
+}
+
+/// A connection's entry in [`Hangups`], which ends with the connection. Its socket closes
+/// after the entry goes, so the next connection from the same address cannot lose its own.
+struct Hangup {
+    remote: SocketAddr,
+    token: CancellationToken,
+    hangups: Hangups,
+}
+
+impl Drop for Hangup {
+    fn drop(&mut self) {
+        self.token.cancel();
+        let open = &mut self
+            .hangups
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.remove(&self.remote);
     }
 }
 
@@ -122,7 +181,10 @@ impl Acceptor for Guarded {
                         tracing::debug!(%err, "TCP_NODELAY not set on an accepted connection");
                     }
                     let shutdown = self.shutdown.clone().cancelled_owned();
-                    let connection = Connection::new(stream, slot, self.limits, shutdown);
+                    let mut connection = Connection::new(stream, slot, self.limits, shutdown);
+                    if let Some(addr) = remote.as_socket_addr() {
+                        connection.hangup = Some(self.hangups.open(*addr));
+                    }
                     return Ok((connection, local, remote, scheme));
                 }
                 Err(err) => {
@@ -160,6 +222,8 @@ pub struct Connection {
     head: Head,
     /// Ready once the server is stopping.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Told when the client hangs up (see [`Hangups`]).
+    hangup: Option<Hangup>,
 }
 
 /// What has been read of a request's head (its request line and headers).
@@ -239,6 +303,7 @@ impl Connection {
             deadline: Box::pin(tokio::time::sleep(limits.header_read)),
             head: Head::default(),
             shutdown: Box::pin(shutdown),
+            hangup: None,
         }
     }
 
@@ -325,6 +390,14 @@ impl AsyncRead for Connection {
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                // The end of the connection: the client hung up (or closed its sending side,
+                // which HTTP/1.1 clients do only when done).
+                if let Some(hangup) = &this.hangup {
+                    hangup.token.cancel();
+                }
+                Poll::Ready(Ok(()))
+            }
             Poll::Ready(Ok(())) => match this.saw(&buf.filled()[before..]) {
                 None => Poll::Ready(Ok(())),
                 Some(refusal) => {
@@ -419,7 +492,12 @@ mod tests {
             .into_acceptor()
             .await
             .unwrap();
-        let guarded = Guarded::new(acceptor, limits, CancellationToken::new());
+        let guarded = Guarded::new(
+            acceptor,
+            limits,
+            CancellationToken::new(),
+            Hangups::default(),
+        );
         let addr = *guarded.local_addr()[0].as_socket_addr().unwrap();
         (guarded, addr)
     }
@@ -429,6 +507,28 @@ mod tests {
         header_read: Duration::from_millis(200),
         idle: Duration::from_millis(400),
     };
+
+    /// A client that hangs up is told of at once, and forgotten with its connection.
+    #[tokio::test]
+    async fn a_client_hanging_up_is_told_of_and_then_forgotten() {
+        let (mut acceptor, addr) = guarded(SHORT).await;
+        let hangups = acceptor.hangups.clone();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let (mut server_side, ..) = acceptor.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 18];
+        server_side.read_exact(&mut buf).await.unwrap();
+        let hung_up = hangups.of(&client_addr).expect("an open connection");
+        assert!(hangups.of(&"127.0.0.1:1".parse().unwrap()).is_none());
+        drop(client);
+        assert_eq!(server_side.read(&mut buf).await.unwrap(), 0);
+        tokio::time::timeout(Duration::from_secs(1), hung_up)
+            .await
+            .expect("told of the hangup");
+        drop(server_side);
+        assert!(hangups.of(&client_addr).is_none());
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {

@@ -16,7 +16,7 @@ use poem::{
 
 use crate::{
     config::{DbArgs, ServeArgs},
-    connections::Guarded,
+    connections::{Guarded, Hangups},
     domain::{NewApiKey, Scope, ScopeSet},
     error::AppError,
     http,
@@ -67,7 +67,13 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
         .await
         .map_err(|err| cannot_listen(args.bind, err))?;
     let stopping = tokio_util::sync::CancellationToken::new();
-    let acceptor = Guarded::new(acceptor, args.connection_limits(), stopping.clone());
+    let hangups = Hangups::default();
+    let acceptor = Guarded::new(
+        acceptor,
+        args.connection_limits(),
+        stopping.clone(),
+        hangups.clone(),
+    );
     let addr = acceptor
         .local_addr()
         .first()
@@ -92,7 +98,11 @@ pub async fn serve(args: &ServeArgs) -> Result<(), Box<dyn Error>> {
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(%addr, docs = %format!("http://{addr}/docs"), workers, "listening");
 
-    let app = http::app(http::State::new(service.clone(), args.http_settings()));
+    let app = http::app(http::State::new(
+        service.clone(),
+        args.http_settings(),
+        hangups,
+    ));
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(
             app,

@@ -1,11 +1,14 @@
 //! The change feed's endpoints: a page of events, and the same events as Server-Sent Events.
 
-use std::{sync::Arc, task::Poll, time::Duration};
+use std::{future::Future, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::{Stream, StreamExt};
-use poem::{Body, IntoResponse, Response, web::Data};
+use poem::{
+    Body, IntoResponse, Response,
+    web::{Data, RemoteAddr},
+};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Query},
@@ -13,6 +16,7 @@ use poem_openapi::{
     registry::{MetaSchemaRef, Registry},
     types::{Email, ToJSON, Type},
 };
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{
     ApiTags, State,
@@ -199,14 +203,24 @@ fn render(item: StreamItem) -> Vec<Bytes> {
     }
 }
 
-/// The stream's items as text, with a comment after each `heartbeat` without one.
+/// The stream's items as text, with a comment after each `heartbeat` without one, until
+/// the client hangs up.
 fn with_heartbeat(
     items: impl Stream<Item = StreamItem> + Send + 'static,
     heartbeat: Duration,
+    hangup: Option<WaitForCancellationFutureOwned>,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let mut pieces = Box::pin(items.map(render).flat_map(futures_util::stream::iter));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let mut hangup = hangup.map(Box::pin);
     futures_util::stream::poll_fn(move |cx| {
+        // Ending the stream at once frees its slot; nobody reads it any more.
+        if hangup
+            .as_mut()
+            .is_some_and(|hangup| hangup.as_mut().poll(cx).is_ready())
+        {
+            return Poll::Ready(None);
+        }
         if let Poll::Ready(piece) = pieces.poll_next_unpin(cx) {
             ticks.reset();
             return Poll::Ready(piece.map(Ok));
@@ -279,13 +293,17 @@ impl EventsApi {
         /// The id of the last event received, as `EventSource` sends it on reconnecting.
         #[oai(name = "Last-Event-ID", validator(minimum(value = "0")))]
         last_event_id: Header<Option<i64>>,
+        remote: &RemoteAddr,
     ) -> ApiResult<StreamEventsResponse, FeedErrors> {
         let kind = event_type.0.map(EventKind::from);
         let items = state
             .service
             .subscribe(&auth.0, last_event_id.0.or(after.0), kind)
             .await?;
-        let body = with_heartbeat(items, state.settings.stream_heartbeat);
+        let hangup = remote
+            .as_socket_addr()
+            .and_then(|addr| state.hangups.of(addr));
+        let body = with_heartbeat(items, state.settings.stream_heartbeat, hangup);
         Ok(StreamEventsResponse::Ok(EventStream(
             Body::from_bytes_stream(body),
         )))

@@ -34,7 +34,10 @@ use self::{
     spec::{openapi, render_spec},
     users::{SentPage, SentUser},
 };
-use crate::service::{Service, cache::ReadCache};
+use crate::{
+    connections::Hangups,
+    service::{Service, cache::ReadCache},
+};
 
 /// Where the versioned API lives.
 pub const API_PREFIX: &str = "/api/v1";
@@ -70,16 +73,19 @@ pub struct State {
     users: Option<ReadCache<i64, SentUser>>,
     pages: Option<ReadCache<String, SentPage>>,
     metrics: Metrics,
+    /// Which connections' clients hung up, for the event streams they leave.
+    hangups: Hangups,
 }
 
 impl State {
-    pub fn new(service: Arc<Service>, settings: Settings) -> Arc<Self> {
+    pub fn new(service: Arc<Service>, settings: Settings, hangups: Hangups) -> Arc<Self> {
         Arc::new(State {
             users: ReadCache::new(settings.user_cache_bytes),
             pages: ReadCache::new(settings.page_cache_bytes),
             metrics: Metrics::new(),
             service,
             settings,
+            hangups,
         })
     }
 
