@@ -1,6 +1,6 @@
 //! The change feed's endpoints: a page of events, and the same events as Server-Sent Events.
 
-use std::{future::Future, sync::Arc, task::Poll, time::Duration};
+use std::{sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
