@@ -214,16 +214,17 @@ fn with_heartbeat(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let mut hangup = hangup.map(Box::pin);
     futures_util::stream::poll_fn(move |cx| {
-        // Ending the stream at once frees its slot; nobody reads it any more.
+        if let Poll::Ready(piece) = pieces.poll_next_unpin(cx) {
+            ticks.reset();
+            return Poll::Ready(piece.map(Ok));
+        }
+        // Quiet, and nobody reads it any more: ending it now frees its slot. (A busy stream
+        // is not asked: its next write fails.)
         if hangup
             .as_mut()
             .is_some_and(|hangup| hangup.as_mut().poll(cx).is_ready())
         {
             return Poll::Ready(None);
-        }
-        if let Poll::Ready(piece) = pieces.poll_next_unpin(cx) {
-            ticks.reset();
-            return Poll::Ready(piece.map(Ok));
         }
         ticks
             .poll_tick(cx)
