@@ -11,7 +11,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     task::{Context, Poll, ready},
     time::{Duration, Instant},
 };
@@ -93,20 +93,23 @@ impl Hangups {
     /// Ready once the client of the connection from `remote` has closed it; `None` for an
     /// address no open connection has.
     pub fn of(&self, remote: &SocketAddr) -> Option<WaitForCancellationFutureOwned> {
-        let open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(remote)
+        self.open_connections()
+            .get(remote)
             .map(|hangup| hangup.clone().cancelled_owned())
     }
 
     fn open(&self, remote: SocketAddr) -> Hangup {
         let token = CancellationToken::new();
-        let open = &mut self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        open.insert(remote, token.clone());
+        self.open_connections().insert(remote, token.clone());
         Hangup {
             remote,
             token,
             hangups: self.clone(),
         }
+    }
+
+    fn open_connections(&self) -> MutexGuard<'_, HashMap<SocketAddr, CancellationToken>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -121,12 +124,7 @@ struct Hangup {
 impl Drop for Hangup {
     fn drop(&mut self) {
         self.token.cancel();
-        let open = &mut self
-            .hangups
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        open.remove(&self.remote);
+        self.hangups.open_connections().remove(&self.remote);
     }
 }
 
@@ -181,10 +179,8 @@ impl Acceptor for Guarded {
                         tracing::debug!(%err, "TCP_NODELAY not set on an accepted connection");
                     }
                     let shutdown = self.shutdown.clone().cancelled_owned();
-                    let mut connection = Connection::new(stream, slot, self.limits, shutdown);
-                    if let Some(addr) = remote.as_socket_addr() {
-                        connection.hangup = Some(self.hangups.open(*addr));
-                    }
+                    let hangup = remote.as_socket_addr().map(|addr| self.hangups.open(*addr));
+                    let connection = Connection::new(stream, slot, self.limits, shutdown, hangup);
                     return Ok((connection, local, remote, scheme));
                 }
                 Err(err) => {
@@ -294,6 +290,7 @@ impl Connection {
         slot: OwnedSemaphorePermit,
         limits: Limits,
         shutdown: WaitForCancellationFutureOwned,
+        hangup: Option<Hangup>,
     ) -> Self {
         Connection {
             stream,
@@ -303,7 +300,7 @@ impl Connection {
             deadline: Box::pin(tokio::time::sleep(limits.header_read)),
             head: Head::default(),
             shutdown: Box::pin(shutdown),
-            hangup: None,
+            hangup,
         }
     }
 
